@@ -1,0 +1,47 @@
+# keysvc's front door. `make run` serves on the embedded default (SQLite file and
+# in-process cache under ./.keysvc/); `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+LISTEN ?= 127.0.0.1:50051
+
+.PHONY: install install-dev run migrate test lint typecheck proto proto-check clean
+
+$(BIN)/pip:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# The server and its generated client, as the Docker image installs them.
+install: $(BIN)/pip
+	$(BIN)/pip install --quiet ./clients/python .
+
+# Editable installs plus the tools for tests, lint and code generation.
+install-dev: $(BIN)/pip
+	$(BIN)/pip install --quiet -e ./clients/python -e '.[dev]'
+
+run: install
+	$(BIN)/keysvc serve --listen $(LISTEN)
+
+migrate: install
+	$(BIN)/keysvc migrate
+
+test: install-dev
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+proto: install-dev
+	$(BIN)/python scripts/generate_client.py
+
+# Fails when the committed generated client differs from what `make proto` produces.
+proto-check: proto
+	@git diff --exit-code -- clients/python/src/keysvc_client/v1 \
+	  || (echo "generated client is stale: run 'make proto' and commit the result" >&2; exit 1)
+	@test -z "$$(git status --porcelain -- clients/python/src/keysvc_client/v1)" \
+	  || (echo "generated client has uncommitted files: run 'make proto' and commit" >&2; exit 1)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

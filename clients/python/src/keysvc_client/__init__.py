@@ -1,0 +1,43 @@
+"""Typed Python client for keysvc, the API key service of the payments platform.
+
+keysvc_client.KeyServiceClient blocks; keysvc_client.aio.KeyServiceClient is its asyncio twin.
+"""
+
+from keysvc_client._common import ModeLike, StatusLike
+from keysvc_client._sync import KeyServiceClient
+from keysvc_client.errors import (
+    InvalidArgument,
+    KeysvcError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    from_rpc_error,
+)
+from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
+
+Key = keysvc_pb2.Key
+CreateKeyResponse = keysvc_pb2.CreateKeyResponse
+ListKeysResponse = keysvc_pb2.ListKeysResponse
+AuthorizeResponse = keysvc_pb2.AuthorizeResponse
+Scope = keysvc_pb2.Scope
+
+__all__ = [
+    "AuthorizeResponse",
+    "CreateKeyResponse",
+    "InvalidArgument",
+    "Key",
+    "KeyServiceClient",
+    "KeysvcError",
+    "ListKeysResponse",
+    "ModeLike",
+    "NotFound",
+    "PermissionDenied",
+    "Scope",
+    "StatusLike",
+    "Unauthenticated",
+    "Unavailable",
+    "from_rpc_error",
+    "keysvc_pb2",
+    "keysvc_pb2_grpc",
+]

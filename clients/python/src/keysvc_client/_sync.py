@@ -1,0 +1,166 @@
+"""The blocking keysvc client: one channel, typed methods, KeysvcError instead of grpc.RpcError."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+from keysvc_client import _common
+from keysvc_client._common import ModeLike, StatusLike
+from keysvc_client.errors import from_rpc_error
+from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
+
+__all__ = ["KeyServiceClient"]
+
+
+class KeyServiceClient:
+    """A blocking client for keysvc.
+
+    Every call uses `timeout` seconds and, if `admin_token` is given, sends it as
+    `authorization: Bearer <token>`. Failed calls raise keysvc_client.errors.KeysvcError
+    subclasses. Use it as a context manager, or call close(), to release the channel.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        admin_token: str | None = None,
+        timeout: float = 5.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._timeout = timeout
+        self._metadata = _common.metadata_for(admin_token)
+        if credentials is None:
+            self._channel: grpc.Channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._stub: keysvc_pb2_grpc.KeyServiceStub = keysvc_pb2_grpc.KeyServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def create_key(
+        self, account_id: str, name: str, mode: ModeLike, scopes: Iterable[str]
+    ) -> keysvc_pb2.CreateKeyResponse:
+        """Creates a key; the response's `secret` is the raw key, shown this once only."""
+        request = _common.create_key_request(account_id, name, mode, scopes)
+        try:
+            response: keysvc_pb2.CreateKeyResponse = self._stub.CreateKey(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    def get_key(self, account_id: str, key_id: str) -> keysvc_pb2.Key:
+        request = keysvc_pb2.GetKeyRequest(account_id=account_id, id=key_id)
+        try:
+            response: keysvc_pb2.Key = self._stub.GetKey(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    def list_keys(
+        self,
+        account_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        mode: ModeLike | None = None,
+        status: StatusLike | None = None,
+    ) -> keysvc_pb2.ListKeysResponse:
+        """One page of the account's keys, newest first; None filters mean "all"."""
+        request = _common.list_keys_request(
+            account_id, page_size=page_size, page_token=page_token, mode=mode, status=status
+        )
+        try:
+            response: keysvc_pb2.ListKeysResponse = self._stub.ListKeys(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    def iter_keys(
+        self,
+        account_id: str,
+        *,
+        page_size: int = 0,
+        mode: ModeLike | None = None,
+        status: StatusLike | None = None,
+    ) -> Iterator[keysvc_pb2.Key]:
+        """Every matching key, fetching pages as the iteration reaches them.
+
+        Each page is its own call with its own timeout, so errors surface mid-iteration.
+        """
+        page_token = ""
+        while True:
+            page = self.list_keys(
+                account_id, page_size=page_size, page_token=page_token, mode=mode, status=status
+            )
+            yield from page.keys
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
+    def revoke_key(self, account_id: str, key_id: str) -> keysvc_pb2.Key:
+        request = keysvc_pb2.RevokeKeyRequest(account_id=account_id, id=key_id)
+        try:
+            response: keysvc_pb2.Key = self._stub.RevokeKey(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    def authorize(
+        self,
+        api_key: str,
+        required_scopes: Iterable[str] = (),
+        required_mode: ModeLike | None = None,
+    ) -> keysvc_pb2.AuthorizeResponse:
+        """keysvc's decision on `api_key`; a refusal is a normal response, not an exception.
+
+        Unavailable means no decision was made: the caller must not treat it as allowed.
+        """
+        request = _common.authorize_request(api_key, required_scopes, required_mode)
+        try:
+            response: keysvc_pb2.AuthorizeResponse = self._stub.Authorize(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            error = from_rpc_error(err)
+            scrubbed = _common.scrub_secret(error, api_key)
+            if scrubbed is None:
+                raise error from err
+            # The original error would print the key again in every traceback.
+            raise scrubbed from None
+        return response
+
+    def list_scopes(self) -> list[keysvc_pb2.Scope]:
+        """The scope catalogue keys can be granted from."""
+        try:
+            response: keysvc_pb2.ListScopesResponse = self._stub.ListScopes(
+                keysvc_pb2.ListScopesRequest(), timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return list(response.scopes)

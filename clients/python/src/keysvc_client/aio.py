@@ -1,0 +1,170 @@
+"""The asyncio keysvc client: the same names and arguments as the blocking one, as coroutines."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+from keysvc_client import _common
+from keysvc_client._common import ModeLike, StatusLike
+from keysvc_client.errors import from_rpc_error
+from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
+
+__all__ = ["KeyServiceClient"]
+
+
+class KeyServiceClient:
+    """An asyncio client for keysvc; see keysvc_client.KeyServiceClient for the semantics.
+
+    Create it inside the running event loop that will use it (grpc.aio binds the
+    channel to that loop), and close it with `async with` or `await client.close()`.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        admin_token: str | None = None,
+        timeout: float = 5.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._timeout = timeout
+        self._metadata = _common.metadata_for(admin_token)
+        if credentials is None:
+            self._channel: grpc.aio.Channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        # With grpc unannotated both channel types are Any, so mypy picks the generated
+        # stub's sync overload; with grpc stubs installed it picks the async one. Any
+        # type-checks in both setups.
+        stub: Any = keysvc_pb2_grpc.KeyServiceStub(self._channel)
+        self._stub: keysvc_pb2_grpc.KeyServiceAsyncStub = stub
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def create_key(
+        self, account_id: str, name: str, mode: ModeLike, scopes: Iterable[str]
+    ) -> keysvc_pb2.CreateKeyResponse:
+        """Creates a key; the response's `secret` is the raw key, shown this once only."""
+        request = _common.create_key_request(account_id, name, mode, scopes)
+        try:
+            response: keysvc_pb2.CreateKeyResponse = await self._stub.CreateKey(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    async def get_key(self, account_id: str, key_id: str) -> keysvc_pb2.Key:
+        request = keysvc_pb2.GetKeyRequest(account_id=account_id, id=key_id)
+        try:
+            response: keysvc_pb2.Key = await self._stub.GetKey(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    async def list_keys(
+        self,
+        account_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        mode: ModeLike | None = None,
+        status: StatusLike | None = None,
+    ) -> keysvc_pb2.ListKeysResponse:
+        """One page of the account's keys, newest first; None filters mean "all"."""
+        request = _common.list_keys_request(
+            account_id, page_size=page_size, page_token=page_token, mode=mode, status=status
+        )
+        try:
+            response: keysvc_pb2.ListKeysResponse = await self._stub.ListKeys(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    async def iter_keys(
+        self,
+        account_id: str,
+        *,
+        page_size: int = 0,
+        mode: ModeLike | None = None,
+        status: StatusLike | None = None,
+    ) -> AsyncIterator[keysvc_pb2.Key]:
+        """Every matching key, fetching pages as the iteration reaches them.
+
+        Each page is its own call with its own timeout, so errors surface mid-iteration.
+        """
+        page_token = ""
+        while True:
+            page = await self.list_keys(
+                account_id, page_size=page_size, page_token=page_token, mode=mode, status=status
+            )
+            for key in page.keys:
+                yield key
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
+    async def revoke_key(self, account_id: str, key_id: str) -> keysvc_pb2.Key:
+        request = keysvc_pb2.RevokeKeyRequest(account_id=account_id, id=key_id)
+        try:
+            response: keysvc_pb2.Key = await self._stub.RevokeKey(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    async def authorize(
+        self,
+        api_key: str,
+        required_scopes: Iterable[str] = (),
+        required_mode: ModeLike | None = None,
+    ) -> keysvc_pb2.AuthorizeResponse:
+        """keysvc's decision on `api_key`; a refusal is a normal response, not an exception.
+
+        Unavailable means no decision was made: the caller must not treat it as allowed.
+        """
+        request = _common.authorize_request(api_key, required_scopes, required_mode)
+        try:
+            response: keysvc_pb2.AuthorizeResponse = await self._stub.Authorize(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            error = from_rpc_error(err)
+            scrubbed = _common.scrub_secret(error, api_key)
+            if scrubbed is None:
+                raise error from err
+            # The original error would print the key again in every traceback.
+            raise scrubbed from None
+        return response
+
+    async def list_scopes(self) -> list[keysvc_pb2.Scope]:
+        """The scope catalogue keys can be granted from."""
+        try:
+            response: keysvc_pb2.ListScopesResponse = await self._stub.ListScopes(
+                keysvc_pb2.ListScopesRequest(), timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+        return list(response.scopes)

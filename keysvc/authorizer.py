@@ -1,0 +1,159 @@
+"""Authorize: decides whether a request carrying an API key may proceed.
+
+The hot path (a key seen before) is parse, checksum, cache look-up, constant-time
+digest compare and scope check: no SQL, no argon2. The cold path reads the key
+from the store and verifies it with argon2 on the hashing pool, once per key and
+secret however many requests ask at the same time, then fills the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from keysvc import hashing, keys, scopes
+from keysvc.cache import KeyCache
+from keysvc.errors import Unavailable
+from keysvc.last_used import LastUsedRecorder
+from keysvc.model import Decision, KeyGrant, Mode, Reason
+from keysvc.service import Clock, utc_now
+from keysvc.store import KeyStore, StoredKey
+from keysvc.workers import Workers
+
+log = logging.getLogger(__name__)
+
+_Flight = tuple[str, bytes]
+
+
+class Authorizer:
+    def __init__(
+        self,
+        store: KeyStore,
+        cache: KeyCache,
+        verifier: hashing.Verifier,
+        workers: Workers,
+        recorder: LastUsedRecorder,
+        *,
+        clock: Clock = utc_now,
+        rejection_ttl_seconds: float = 60.0,
+        rejection_max_entries: int = 100_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._verifier = verifier
+        self._workers = workers
+        self._recorder = recorder
+        self._clock = clock
+        self._monotonic = monotonic
+        self._inflight: dict[_Flight, asyncio.Future[KeyGrant | None]] = {}
+        # Key id and digest of secrets that failed verification, so that repeating
+        # one costs no argon2 until it expires.
+        self._rejected: OrderedDict[_Flight, float] = OrderedDict()
+        self._rejection_ttl = rejection_ttl_seconds
+        self._rejection_max = rejection_max_entries
+
+    async def authorize(
+        self,
+        api_key: str,
+        required_scopes: Iterable[str] = (),
+        required_mode: Mode | None = None,
+    ) -> Decision:
+        required = scopes.required(required_scopes)
+        value = keys.strip_bearer(api_key)
+        if not value:
+            return Decision(Reason.MISSING)
+        parsed = keys.parse(value)
+        if parsed is None:
+            return Decision(Reason.MALFORMED)
+        digest = hashing.digest(parsed.raw)
+        grant = await self._cache.get(parsed.key_id)
+        if grant is None or grant.digest is None:
+            grant = await self._verify_cold(parsed, digest)
+            if grant is None:
+                return Decision(Reason.NOT_FOUND)
+        elif not hmac.compare_digest(grant.digest, digest):
+            # The cached digest was proven by argon2: any other secret is wrong.
+            return Decision(Reason.NOT_FOUND)
+        return self._decide(grant, required, required_mode)
+
+    def _decide(
+        self, grant: KeyGrant, required: frozenset[str], required_mode: Mode | None
+    ) -> Decision:
+        if grant.revoked:
+            return Decision(Reason.REVOKED, grant)
+        # The key authenticated, whatever the scopes say about this request.
+        self._recorder.record(grant.key_id, self._clock())
+        if required_mode is not None and grant.mode is not required_mode:
+            return Decision(Reason.WRONG_MODE, grant)
+        missing = required - grant.scopes
+        if missing:
+            return Decision(Reason.INSUFFICIENT_SCOPE, grant, tuple(sorted(missing)))
+        return Decision(Reason.ALLOWED, grant)
+
+    async def _verify_cold(self, parsed: keys.ParsedKey, digest: bytes) -> KeyGrant | None:
+        flight = (parsed.key_id, digest)
+        if self._recently_rejected(flight):
+            return None
+        future = self._inflight.get(flight)
+        if future is None:
+            future = asyncio.ensure_future(self._look_up(parsed, digest))
+            self._inflight[flight] = future
+            future.add_done_callback(lambda _: self._inflight.pop(flight, None))
+        # Shielded: a caller that gives up does not cancel the others' verification.
+        return await asyncio.shield(future)
+
+    async def _look_up(self, parsed: keys.ParsedKey, digest: bytes) -> KeyGrant | None:
+        stored = await self._workers.db(self._store.find, parsed.key_id)
+        if stored is None or stored.key.mode is not parsed.mode:
+            self._reject((parsed.key_id, digest))
+            return None
+        valid = await self._workers.hashing(self._verifier.verify, stored.verifier, parsed.raw)
+        if not valid:
+            self._reject((parsed.key_id, digest))
+            return None
+        if self._verifier.needs_rehash(stored.verifier):
+            await self._rehash(stored, parsed.raw)
+        grant = KeyGrant(
+            key_id=stored.key.id,
+            account_id=stored.key.account_id,
+            mode=stored.key.mode,
+            scopes=frozenset(stored.key.scopes),
+            revoked=stored.key.revoked_at is not None,
+            digest=digest,
+        )
+        await self.before_fill(grant)
+        # If a revocation landed since the store was read, the cache holds its marker
+        # and hands it back here: the decision is made on that, never on the stale read.
+        return await self._cache.fill(grant)
+
+    async def before_fill(self, grant: KeyGrant) -> None:
+        """Runs between the store read and the cache fill; tests pause here to race a revoke."""
+
+    async def _rehash(self, stored: StoredKey, raw_key: str) -> None:
+        # Best effort: the key is valid either way, and the next cold look-up retries.
+        new = await self._workers.hashing(self._verifier.hash, raw_key)
+        try:
+            await self._workers.db(self._store.replace_verifier, stored.key.id, stored.verifier, new)
+        except Unavailable:
+            return
+        log.info("key %s verifier rehashed with current argon2 parameters", stored.key.id)
+
+    def _recently_rejected(self, flight: _Flight) -> bool:
+        expires = self._rejected.get(flight)
+        if expires is None:
+            return False
+        if expires <= self._monotonic():
+            del self._rejected[flight]
+            return False
+        return True
+
+    def _reject(self, flight: _Flight) -> None:
+        self._rejected[flight] = self._monotonic() + self._rejection_ttl
+        self._rejected.move_to_end(flight)
+        while len(self._rejected) > self._rejection_max:
+            self._rejected.popitem(last=False)

@@ -1,0 +1,69 @@
+"""The `keysvc` command: serve, migrate, and the admin commands that talk to a running server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from keysvc import cli_admin, config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from keysvc import server
+
+    settings = config.settings_from(args)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(server.serve(settings))
+    except server.StartupError as err:
+        print(f"keysvc: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from keysvc.server import open_database
+
+    settings = config.settings_from(args)
+    engine = open_database(settings)
+    engine.dispose()
+    print("database schema is up to date")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keysvc", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    config.add_options(serve, config.SERVE_OPTIONS)
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="bring the database to the latest schema")
+    config.add_options(migrate, config.MIGRATE_OPTIONS)
+    migrate.set_defaults(run=_migrate)
+
+    cli_admin.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Output piped into `head` ends quietly, as other command-line tools do.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = build_parser().parse_args(argv)
+    if args.command in ("serve", "migrate"):
+        status: int = args.run(args)
+        return status
+    return cli_admin.run(args.run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

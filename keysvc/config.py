@@ -1,0 +1,117 @@
+"""Server settings: each from a `--flag`, else a `KEYSVC_*` variable, else the embedded default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from keysvc.hashing import Argon2Parameters
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATA_DIR = ".keysvc"
+ADMIN_TOKEN_FILE = "admin-token"
+DATABASE_FILE = "keysvc.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    # None: the SQLite file in data_dir.
+    database_url: str | None = None
+    # None: the token generated into data_dir/admin-token at first start.
+    admin_token: str | None = field(default=None, repr=False)
+    argon2: Argon2Parameters = Argon2Parameters()
+    cache_ttl_seconds: float = 3600.0
+    last_used_flush_seconds: float = 1.0
+    max_message_bytes: int = 64 * 1024
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / DATABASE_FILE).resolve()}"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / ADMIN_TOKEN_FILE
+
+
+@dataclass(frozen=True)
+class _Option:
+    flag: str
+    env: str
+    help: str
+    type: Callable[[str], object] = str
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+# Each option once: its flag, its variable, what it means. The defaults live in Settings;
+# an option named argon2_* sets that field of Settings.argon2.
+_DATA_DIR = _Option(
+    "--data-dir", "KEYSVC_DATA_DIR", "directory for the SQLite file and admin token", Path
+)
+_DATABASE = _Option(
+    "--database-url", "KEYSVC_DATABASE_URL", "SQLAlchemy URL, e.g. postgresql://user@host/db"
+)
+SERVE_OPTIONS = (
+    _Option("--listen", "KEYSVC_LISTEN", "HOST:PORT to serve gRPC on"),
+    _DATA_DIR,
+    _DATABASE,
+    _Option("--argon2-time-cost", "KEYSVC_ARGON2_TIME_COST", "argon2id passes", int),
+    _Option("--argon2-memory-cost-kib", "KEYSVC_ARGON2_MEMORY_COST_KIB", "argon2id KiB", int),
+    _Option("--argon2-parallelism", "KEYSVC_ARGON2_PARALLELISM", "argon2id lanes", int),
+    _Option(
+        "--cache-ttl-seconds", "KEYSVC_CACHE_TTL_SECONDS", "lifetime of a cached key", float
+    ),
+    _Option(
+        "--last-used-flush-seconds",
+        "KEYSVC_LAST_USED_FLUSH_SECONDS",
+        "time between last-used writes",
+        float,
+    ),
+    _Option("--max-message-bytes", "KEYSVC_MAX_MESSAGE_BYTES", "largest request accepted", int),
+    _Option(
+        "--shutdown-grace-seconds",
+        "KEYSVC_SHUTDOWN_GRACE_SECONDS",
+        "time in-flight calls get to finish",
+        float,
+    ),
+    _Option("--log-level", "KEYSVC_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", str.upper),
+)
+MIGRATE_OPTIONS = (_DATA_DIR, _DATABASE)
+
+
+def add_options(parser: argparse.ArgumentParser, options: tuple[_Option, ...]) -> None:
+    for option in options:
+        parser.add_argument(
+            option.flag, type=option.type, default=None, help=f"{option.help} (${option.env})"
+        )
+
+
+def settings_from(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from parsed flags, falling back to the environment, then to the defaults."""
+    values: dict[str, Any] = {}
+    argon2: dict[str, Any] = {}
+    for option in SERVE_OPTIONS:
+        value = getattr(args, option.dest, None)
+        if value is None and env.get(option.env):
+            try:
+                value = option.type(env[option.env])
+            except ValueError as err:
+                raise SystemExit(f"keysvc: ${option.env}: {err}") from err
+        if value is None:
+            continue
+        if option.dest.startswith("argon2_"):
+            argon2[option.dest.removeprefix("argon2_")] = value
+        else:
+            values[option.dest] = value
+    settings = replace(Settings(), **values, admin_token=env.get("KEYSVC_ADMIN_TOKEN") or None)
+    return replace(settings, argon2=replace(settings.argon2, **argon2))

@@ -1,0 +1,37 @@
+"""The errors keysvc's use cases raise; keysvc.api.status maps each to a gRPC status code.
+
+    KeysvcError
+    ├── InvalidArgument    the request is malformed: the message says what is wrong
+    ├── NotFound           no such key in this account (also: it is another account's)
+    ├── Unauthenticated    no valid admin credential
+    ├── PermissionDenied   a valid credential that may not call this RPC
+    └── Unavailable        a backend (database, cache) cannot answer now; retry later
+
+Messages are shown to callers: they never contain a raw key, a token or a password.
+"""
+
+from __future__ import annotations
+
+
+class KeysvcError(Exception):
+    """Base of every error keysvc reports to its callers."""
+
+
+class InvalidArgument(KeysvcError):
+    """The request is malformed; the message says which field and why."""
+
+
+class NotFound(KeysvcError):
+    """No such key in this account."""
+
+
+class Unauthenticated(KeysvcError):
+    """The call carries no valid credential."""
+
+
+class PermissionDenied(KeysvcError):
+    """The credential is valid but may not make this call."""
+
+
+class Unavailable(KeysvcError):
+    """A backend cannot answer now; nothing was decided and nothing half-written."""

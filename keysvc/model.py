@@ -1,0 +1,100 @@
+"""The domain's values: keys as the product shows them, and authorization decisions."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Mode(enum.Enum):
+    LIVE = "live"
+    TEST = "test"
+
+
+class KeyStatus(enum.Enum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as the key list shows it: everything but the secret."""
+
+    id: str
+    account_id: str
+    name: str
+    prefix: str
+    mode: Mode
+    scopes: tuple[str, ...]
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def status(self) -> KeyStatus:
+        return KeyStatus.ACTIVE if self.revoked_at is None else KeyStatus.REVOKED
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A new key and its raw secret, which exists only in this value and the response."""
+
+    key: ApiKey
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    keys: list[ApiKey]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """What Authorize needs to know about a verified key; this is what the cache holds.
+
+    `digest` is the SHA-256 of the raw key, compared in constant time on the hot
+    path. A grant without a digest is a revocation marker written by RevokeKey.
+    """
+
+    key_id: str
+    account_id: str
+    mode: Mode
+    scopes: frozenset[str]
+    revoked: bool
+    digest: bytes | None = field(default=None, repr=False)
+
+
+class Reason(enum.Enum):
+    ALLOWED = "allowed"
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    NOT_FOUND = "not_found"
+    REVOKED = "revoked"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    WRONG_MODE = "wrong_mode"
+
+
+_HTTP_STATUS = {
+    Reason.ALLOWED: 200,
+    Reason.INSUFFICIENT_SCOPE: 403,
+    Reason.WRONG_MODE: 403,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to one Authorize call. `grant` is set whenever the key was verified."""
+
+    reason: Reason
+    grant: KeyGrant | None = None
+    missing_scopes: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.reason is Reason.ALLOWED
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS.get(self.reason, 401)

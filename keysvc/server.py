@@ -1,0 +1,147 @@
+"""Starts keysvc: wires the store, cache and use cases into a grpc.aio server with health,
+reflection and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy.engine import Engine
+
+from keysvc import admin_token
+from keysvc.api.credentials import AdminCredentialInterceptor, AdminTokens
+from keysvc.api.servicer import KeyServiceServicer
+from keysvc.authorizer import Authorizer
+from keysvc.cache import KeyCache
+from keysvc.cache.memory import MemoryKeyCache
+from keysvc.config import Settings
+from keysvc.hashing import Verifier
+from keysvc.last_used import LastUsedRecorder
+from keysvc.service import KeyService
+from keysvc.store import migrate
+from keysvc.store.sql import SqlKeyStore, create_engine, database_url
+from keysvc.workers import Workers
+from keysvc_client.v1 import keysvc_pb2 as pb
+from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KeyService"].full_name
+
+
+class StartupError(Exception):
+    """keysvc cannot start with these settings; the message says why."""
+
+
+@dataclass
+class Running:
+    """A started server: its bound address and the parts tests and shutdown reach for."""
+
+    server: grpc.aio.Server
+    address: str
+    authorizer: Authorizer
+    recorder: LastUsedRecorder
+    health: health.aio.HealthServicer
+
+
+def _admin_tokens(settings: Settings) -> AdminTokens:
+    if settings.admin_token:
+        log.info("admin token: taken from $KEYSVC_ADMIN_TOKEN")
+        return AdminTokens([settings.admin_token])
+    path = settings.admin_token_path
+    try:
+        token, generated = admin_token.ensure(path)
+    except admin_token.AdminTokenError as err:
+        raise StartupError(str(err)) from err
+    log.info(
+        "admin token: %s %s (mode 0600); the keysvc CLI reads it from there",
+        "generated into" if generated else "read from",
+        path.resolve(),
+    )
+    return AdminTokens([token])
+
+
+def open_database(settings: Settings) -> Engine:
+    url = settings.effective_database_url
+    if url.startswith("sqlite:///"):
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    engine = create_engine(url)
+    migrate.upgrade(engine)
+    log.info("database: %s (schema up to date)", database_url(url).render_as_string(True))
+    return engine
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Running]:
+    """Serves until the block exits, then shuts down gracefully."""
+    tokens = _admin_tokens(settings)
+    engine = await asyncio.to_thread(open_database, settings)
+    workers = Workers()
+    store = SqlKeyStore(engine)
+    cache: KeyCache = MemoryKeyCache(ttl_seconds=settings.cache_ttl_seconds)
+    verifier = Verifier(settings.argon2)
+
+    async def flush(uses: Mapping[str, datetime]) -> None:
+        await workers.db(store.record_last_used, uses)
+
+    recorder = LastUsedRecorder(flush, interval_seconds=settings.last_used_flush_seconds)
+    service = KeyService(store, cache, verifier, workers)
+    authorizer = Authorizer(store, cache, verifier, workers, recorder)
+
+    server = grpc.aio.server(
+        interceptors=[AdminCredentialInterceptor(tokens)],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            # One server per port: a second one binding the same port is an error, not a share.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_KeyServiceServicer_to_server(KeyServiceServicer(service, authorizer), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as err:
+        raise StartupError(f"cannot listen on {settings.listen}: {err}") from err
+    host = settings.listen.rsplit(":", 1)[0]
+    address = f"{host}:{port}"
+    await server.start()
+    recorder.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("keysvc listening on %s", address)
+    try:
+        yield Running(server, address, authorizer, recorder, health_servicer)
+    finally:
+        log.info("shutting down: refusing new calls, finishing in-flight ones")
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(settings.shutdown_grace_seconds)
+        try:
+            await recorder.close()
+        except Exception as err:
+            log.error("final last-used flush failed: %s", err)
+        await cache.close()
+        workers.close()
+        engine.dispose()
+        log.info("keysvc stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Runs until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(settings):
+        await stop.wait()

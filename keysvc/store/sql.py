@@ -1,0 +1,180 @@
+"""KeyStore on SQL through SQLAlchemy Core: SQLite embedded, PostgreSQL in production."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from keysvc.errors import Unavailable
+from keysvc.model import ApiKey, KeyStatus, Mode
+from keysvc.store import Cursor, KeyIdTaken, StoredKey
+from keysvc.store.schema import api_keys
+
+log = logging.getLogger(__name__)
+
+# Drivers keysvc installs for each database, so that operators can write plain URLs.
+_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+
+
+def database_url(url: str) -> URL:
+    """`url` with keysvc's driver filled in, e.g. postgresql:// -> postgresql+psycopg://."""
+    parsed = make_url(url)
+    driver = _DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver) if driver else parsed
+
+
+def create_engine(url: str) -> Engine:
+    target = database_url(url)
+    # Bound parameters stay out of error messages and logs, whatever they hold.
+    options: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True}
+    if target.get_backend_name() == "sqlite":
+        options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    engine = sa.create_engine(target, **options)
+    if target.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the admin RPCs write while cold look-ups read.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _row_to_key(row: sa.Row[Any]) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        account_id=row.account_id,
+        name=row.name,
+        prefix=row.prefix,
+        mode=Mode(row.mode),
+        scopes=tuple(row.scopes.split()),
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+_PUBLIC_COLUMNS = [c for c in api_keys.c if c.name != "verifier"]
+
+
+class SqlKeyStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+            log.warning("database unavailable: %s", type(err.orig or err).__name__)
+            raise Unavailable("database unavailable") from err
+
+    def insert(self, key: ApiKey, verifier: str) -> None:
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    api_keys.insert().values(
+                        id=key.id,
+                        account_id=key.account_id,
+                        name=key.name,
+                        prefix=key.prefix,
+                        mode=key.mode.value,
+                        scopes=" ".join(key.scopes),
+                        verifier=verifier,
+                        created_at=key.created_at,
+                    )
+                )
+        except sa.exc.IntegrityError as err:
+            raise KeyIdTaken(key.id) from err
+
+    def get(self, account_id: str, key_id: str) -> ApiKey | None:
+        with self._transaction() as conn:
+            row = conn.execute(
+                sa.select(*_PUBLIC_COLUMNS).where(
+                    api_keys.c.id == key_id, api_keys.c.account_id == account_id
+                )
+            ).one_or_none()
+        return None if row is None else _row_to_key(row)
+
+    def list(
+        self,
+        account_id: str,
+        *,
+        limit: int,
+        after: Cursor | None,
+        mode: Mode | None,
+        status: KeyStatus | None,
+    ) -> list[ApiKey]:
+        query = sa.select(*_PUBLIC_COLUMNS).where(api_keys.c.account_id == account_id)
+        if mode is not None:
+            query = query.where(api_keys.c.mode == mode.value)
+        if status is KeyStatus.ACTIVE:
+            query = query.where(api_keys.c.revoked_at.is_(None))
+        elif status is KeyStatus.REVOKED:
+            query = query.where(api_keys.c.revoked_at.is_not(None))
+        if after is not None:
+            query = query.where(
+                sa.or_(
+                    api_keys.c.created_at < after.created_at,
+                    sa.and_(api_keys.c.created_at == after.created_at, api_keys.c.id < after.key_id),
+                )
+            )
+        query = query.order_by(api_keys.c.created_at.desc(), api_keys.c.id.desc()).limit(limit)
+        with self._transaction() as conn:
+            return [_row_to_key(row) for row in conn.execute(query)]
+
+    def revoke(self, account_id: str, key_id: str, at: datetime) -> ApiKey | None:
+        mine = sa.and_(api_keys.c.id == key_id, api_keys.c.account_id == account_id)
+        with self._transaction() as conn:
+            # Only the first revocation sets revoked_at; later ones leave it as it is.
+            conn.execute(
+                api_keys.update().where(mine, api_keys.c.revoked_at.is_(None)).values(revoked_at=at)
+            )
+            row = conn.execute(sa.select(*_PUBLIC_COLUMNS).where(mine)).one_or_none()
+        return None if row is None else _row_to_key(row)
+
+    def find(self, key_id: str) -> StoredKey | None:
+        with self._transaction() as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one_or_none()
+        return None if row is None else StoredKey(key=_row_to_key(row), verifier=row.verifier)
+
+    def record_last_used(self, uses: Mapping[str, datetime]) -> None:
+        if not uses:
+            return
+        # The condition keeps last_used_at monotonic when replicas flush out of order.
+        statement = (
+            api_keys.update()
+            .where(
+                api_keys.c.id == sa.bindparam("key_id"),
+                sa.or_(
+                    api_keys.c.last_used_at.is_(None),
+                    api_keys.c.last_used_at < sa.bindparam("used_at"),
+                ),
+            )
+            .values(last_used_at=sa.bindparam("used_at"))
+        )
+        with self._transaction() as conn:
+            conn.execute(statement, [{"key_id": k, "used_at": t} for k, t in sorted(uses.items())])
+
+    def replace_verifier(self, key_id: str, old: str, new: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.verifier == old)
+                .values(verifier=new)
+            )
+
+    def ping(self) -> None:
+        with self._transaction() as conn:
+            conn.execute(sa.text("SELECT 1"))
