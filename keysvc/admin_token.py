@@ -7,7 +7,7 @@ import secrets
 import stat
 from pathlib import Path
 
-TOKEN_PREFIX = "ksadm_"
+TOKEN_PREFIX = "ksadm_"  # noqa: S105 (a label that makes leaked tokens recognisable)
 
 
 class AdminTokenError(Exception):

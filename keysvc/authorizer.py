@@ -138,7 +138,9 @@ class Authorizer:
         # Best effort: the key is valid either way, and the next cold look-up retries.
         new = await self._workers.hashing(self._verifier.hash, raw_key)
         try:
-            await self._workers.db(self._store.replace_verifier, stored.key.id, stored.verifier, new)
+            await self._workers.db(
+                self._store.replace_verifier, stored.key.id, stored.verifier, new
+            )
         except Unavailable:
             return
         log.info("key %s verifier rehashed with current argon2 parameters", stored.key.id)

@@ -1,4 +1,4 @@
-"""`keysvc keys ...`, `keysvc authorize` and `keysvc scopes`: admin commands over the generated client.
+"""`keysvc keys ...`, `keysvc authorize`, `keysvc scopes`: commands over the generated client.
 
 They talk to a running server, never to the database.
 """
@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from keysvc_client import KeyServiceClient, KeysvcError, keysvc_pb2
 
 from keysvc import admin_token, config
-from keysvc_client import KeyServiceClient, KeysvcError, keysvc_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_DENIED = 1
@@ -69,15 +70,25 @@ def _time(stamp: Timestamp, unset: str) -> str:
     return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _mode(value: int) -> str:
-    return keysvc_pb2.Mode.Name(value).removeprefix("MODE_").lower()  # type: ignore[arg-type]
+def _mode(value: keysvc_pb2.Mode.ValueType) -> str:
+    return keysvc_pb2.Mode.Name(value).removeprefix("MODE_").lower()
 
 
-def _status(value: int) -> str:
-    return keysvc_pb2.KeyStatus.Name(value).removeprefix("KEY_STATUS_").lower()  # type: ignore[arg-type]
+def _status(value: keysvc_pb2.KeyStatus.ValueType) -> str:
+    return keysvc_pb2.KeyStatus.Name(value).removeprefix("KEY_STATUS_").lower()
 
 
-KEY_COLUMNS = ("ID", "NAME", "PREFIX", "MODE", "SCOPES", "LAST USED", "CREATED", "STATUS", "REVOKED")
+KEY_COLUMNS = (
+    "ID",
+    "NAME",
+    "PREFIX",
+    "MODE",
+    "SCOPES",
+    "LAST USED",
+    "CREATED",
+    "STATUS",
+    "REVOKED",
+)
 
 
 def _key_row(key: keysvc_pb2.Key) -> tuple[str, ...]:
@@ -97,15 +108,17 @@ def _key_row(key: keysvc_pb2.Key) -> tuple[str, ...]:
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 def _print_json(message: object) -> None:
     print(json.dumps(message, indent=2))
 
 
-def _as_dict(message: object) -> object:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)  # type: ignore[arg-type]
+def _as_dict(message: Message) -> object:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -116,7 +129,9 @@ def _create(args: argparse.Namespace) -> int:
         _print_json(_as_dict(created))
         return 0
     key = created.key
-    print(f"Created {_mode(key.mode)} key {key.id} ({key.name}) with scopes {', '.join(key.scopes)}")
+    print(
+        f"Created {_mode(key.mode)} key {key.id} ({key.name}) with scopes {', '.join(key.scopes)}"
+    )
     print()
     print(f"    {created.secret}")
     print()
@@ -167,7 +182,7 @@ def _authorize(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_as_dict(decision))
     else:
-        reason = keysvc_pb2.Reason.Name(decision.reason).removeprefix("REASON_")  # type: ignore[arg-type]
+        reason = keysvc_pb2.Reason.Name(decision.reason).removeprefix("REASON_")
         line = f"{decision.http_status} {reason}"
         if decision.key_id:
             line += (

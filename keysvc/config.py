@@ -13,7 +13,7 @@ from keysvc.hashing import Argon2Parameters
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = ".keysvc"
-ADMIN_TOKEN_FILE = "admin-token"
+ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 (a file name)
 DATABASE_FILE = "keysvc.db"
 
 
@@ -25,7 +25,7 @@ class Settings:
     database_url: str | None = None
     # None: the token generated into data_dir/admin-token at first start.
     admin_token: str | None = field(default=None, repr=False)
-    argon2: Argon2Parameters = Argon2Parameters()
+    argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
     cache_ttl_seconds: float = 3600.0
     last_used_flush_seconds: float = 1.0
     max_message_bytes: int = 64 * 1024
@@ -68,9 +68,7 @@ SERVE_OPTIONS = (
     _Option("--argon2-time-cost", "KEYSVC_ARGON2_TIME_COST", "argon2id passes", int),
     _Option("--argon2-memory-cost-kib", "KEYSVC_ARGON2_MEMORY_COST_KIB", "argon2id KiB", int),
     _Option("--argon2-parallelism", "KEYSVC_ARGON2_PARALLELISM", "argon2id lanes", int),
-    _Option(
-        "--cache-ttl-seconds", "KEYSVC_CACHE_TTL_SECONDS", "lifetime of a cached key", float
-    ),
+    _Option("--cache-ttl-seconds", "KEYSVC_CACHE_TTL_SECONDS", "lifetime of a cached key", float),
     _Option(
         "--last-used-flush-seconds",
         "KEYSVC_LAST_USED_FLUSH_SECONDS",

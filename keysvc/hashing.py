@@ -1,4 +1,7 @@
-"""How keys are stored and compared: an argon2id verifier in the store, a SHA-256 digest in the cache."""
+"""How keys are stored and compared.
+
+The store keeps an argon2id verifier; the cache keeps a SHA-256 digest.
+"""
 
 from __future__ import annotations
 

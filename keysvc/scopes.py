@@ -40,7 +40,9 @@ def grantable(scopes: Iterable[str]) -> tuple[str, ...]:
     """The scopes a new key gets: at least one, all known, duplicates folded, sorted."""
     folded = _check_known(scopes, "scopes")
     if not folded:
-        raise InvalidArgument(f"scopes: a key needs at least one scope; valid scopes are {', '.join(CATALOGUE)}")
+        raise InvalidArgument(
+            f"scopes: a key needs at least one scope; valid scopes are {', '.join(CATALOGUE)}"
+        )
     return tuple(sorted(folded))
 
 

@@ -14,6 +14,8 @@ from datetime import datetime
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from keysvc_client.v1 import keysvc_pb2 as pb
+from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 from sqlalchemy.engine import Engine
 
 from keysvc import admin_token
@@ -29,8 +31,6 @@ from keysvc.service import KeyService
 from keysvc.store import migrate
 from keysvc.store.sql import SqlKeyStore, create_engine, database_url
 from keysvc.workers import Workers
-from keysvc_client.v1 import keysvc_pb2 as pb
-from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

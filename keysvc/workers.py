@@ -25,7 +25,9 @@ class Workers:
         )
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._db, lambda: fn(*args, **kwargs))
+        return await asyncio.get_running_loop().run_in_executor(
+            self._db, lambda: fn(*args, **kwargs)
+        )
 
     async def hashing(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.get_running_loop().run_in_executor(

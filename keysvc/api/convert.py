@@ -5,14 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from keysvc_client.v1 import keysvc_pb2 as pb
 
 from keysvc.errors import InvalidArgument
 from keysvc.model import ApiKey, Decision, KeyStatus, Mode, Reason
-from keysvc_client.v1 import keysvc_pb2 as pb
 
-_MODES = {Mode.LIVE: pb.MODE_LIVE, Mode.TEST: pb.MODE_TEST}
+_MODES: dict[Mode, pb.Mode.ValueType] = {Mode.LIVE: pb.MODE_LIVE, Mode.TEST: pb.MODE_TEST}
 _MODES_FROM_PB = {value: mode for mode, value in _MODES.items()}
-_STATUSES = {KeyStatus.ACTIVE: pb.KEY_STATUS_ACTIVE, KeyStatus.REVOKED: pb.KEY_STATUS_REVOKED}
+_STATUSES: dict[KeyStatus, pb.KeyStatus.ValueType] = {
+    KeyStatus.ACTIVE: pb.KEY_STATUS_ACTIVE,
+    KeyStatus.REVOKED: pb.KEY_STATUS_REVOKED,
+}
 _STATUSES_FROM_PB = {value: status for status, value in _STATUSES.items()}
 _REASONS = {
     Reason.ALLOWED: pb.REASON_ALLOWED,
@@ -25,19 +28,19 @@ _REASONS = {
 }
 
 
-def mode_from_pb(value: int, field: str, *, required: bool) -> Mode | None:
+def mode_from_pb(value: pb.Mode.ValueType, field: str, *, required: bool) -> Mode | None:
     if value == pb.MODE_UNSPECIFIED and not required:
         return None
-    mode = _MODES_FROM_PB.get(value)  # type: ignore[call-overload]
+    mode = _MODES_FROM_PB.get(value)
     if mode is None:
         raise InvalidArgument(f"{field}: must be MODE_LIVE or MODE_TEST, got {value}")
     return mode
 
 
-def status_from_pb(value: int) -> KeyStatus | None:
+def status_from_pb(value: pb.KeyStatus.ValueType) -> KeyStatus | None:
     if value == pb.KEY_STATUS_UNSPECIFIED:
         return None
-    status = _STATUSES_FROM_PB.get(value)  # type: ignore[call-overload]
+    status = _STATUSES_FROM_PB.get(value)
     if status is None:
         raise InvalidArgument(
             f"status: must be KEY_STATUS_ACTIVE, KEY_STATUS_REVOKED or unset, got {value}"

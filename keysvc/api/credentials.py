@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
-
 from keysvc_client.v1 import keysvc_pb2 as pb
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["KeyService"]
@@ -50,23 +49,27 @@ class AdminTokens:
         return matched
 
 
-async def _unauthenticated(request: Any, context: grpc.aio.ServicerContext) -> None:
+async def _unauthenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     await context.abort(
         grpc.StatusCode.UNAUTHENTICATED,
         "admin credential required: send 'authorization: Bearer <admin token>' metadata",
     )
 
 
-class AdminCredentialInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AdminCredentialInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: AdminTokens) -> None:
         self._tokens = tokens
-        self._deny = grpc.unary_unary_rpc_method_handler(_unauthenticated)
+        self._deny: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+            _unauthenticated
+        )
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if details.method in ADMIN_METHODS and not self._tokens.accepts(
             bearer_token(details.invocation_metadata)
         ):

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from keysvc_client.v1 import keysvc_pb2 as pb
+from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 
 from keysvc import scopes
 from keysvc.api import convert
@@ -15,21 +17,20 @@ from keysvc.api.status import status_code
 from keysvc.authorizer import Authorizer
 from keysvc.errors import KeysvcError
 from keysvc.service import KeyService
-from keysvc_client.v1 import keysvc_pb2 as pb
-from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Handler = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Any, Request, Context], Awaitable[Response]]
 
 
 def _reports_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
     """Turns keysvc errors into their status codes, and anything else into a bare INTERNAL."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
+    async def wrapper(self: Any, request: Request, context: Context) -> Response:
         try:
             return await handler(self, request, context)
         except KeysvcError as err:
@@ -50,7 +51,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
 
     @_reports_errors
     async def CreateKey(
-        self, request: pb.CreateKeyRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CreateKeyRequest, context: Context
     ) -> pb.CreateKeyResponse:
         mode = convert.mode_from_pb(request.mode, "mode", required=True)
         assert mode is not None
@@ -60,13 +61,11 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         return pb.CreateKeyResponse(key=convert.key_to_pb(created.key), secret=created.secret)
 
     @_reports_errors
-    async def GetKey(self, request: pb.GetKeyRequest, context: grpc.aio.ServicerContext) -> pb.Key:
+    async def GetKey(self, request: pb.GetKeyRequest, context: Context) -> pb.Key:
         return convert.key_to_pb(await self._service.get_key(request.account_id, request.id))
 
     @_reports_errors
-    async def ListKeys(
-        self, request: pb.ListKeysRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListKeysResponse:
+    async def ListKeys(self, request: pb.ListKeysRequest, context: Context) -> pb.ListKeysResponse:
         page = await self._service.list_keys(
             request.account_id,
             page_size=request.page_size,
@@ -80,14 +79,12 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         )
 
     @_reports_errors
-    async def RevokeKey(
-        self, request: pb.RevokeKeyRequest, context: grpc.aio.ServicerContext
-    ) -> pb.Key:
+    async def RevokeKey(self, request: pb.RevokeKeyRequest, context: Context) -> pb.Key:
         return convert.key_to_pb(await self._service.revoke_key(request.account_id, request.id))
 
     @_reports_errors
     async def Authorize(
-        self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext
+        self, request: pb.AuthorizeRequest, context: Context
     ) -> pb.AuthorizeResponse:
         decision = await self._authorizer.authorize(
             request.api_key,
@@ -98,7 +95,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
 
     @_reports_errors
     async def ListScopes(
-        self, request: pb.ListScopesRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListScopesRequest, context: Context
     ) -> pb.ListScopesResponse:
         return pb.ListScopesResponse(
             scopes=[pb.Scope(name=n, description=d) for n, d in scopes.CATALOGUE.items()]

@@ -17,7 +17,7 @@ STATUS_CODES: dict[type[errors.KeysvcError], grpc.StatusCode] = {
 
 def status_code(error: errors.KeysvcError) -> grpc.StatusCode:
     for kind in type(error).__mro__:
-        code = STATUS_CODES.get(kind)  # type: ignore[call-overload]
+        code = STATUS_CODES.get(kind)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL

@@ -53,4 +53,3 @@ class MemoryKeyCache:
 
     async def close(self) -> None:
         self._entries.clear()
-

@@ -1,4 +1,4 @@
-"""Alembic environment: runs keysvc's migrations on the connection keysvc.store.migrate hands over."""
+"""Alembic environment: migrates the connection that keysvc.store.migrate hands over."""
 
 from alembic import context
 from sqlalchemy import text

@@ -127,7 +127,9 @@ class SqlKeyStore:
             query = query.where(
                 sa.or_(
                     api_keys.c.created_at < after.created_at,
-                    sa.and_(api_keys.c.created_at == after.created_at, api_keys.c.id < after.key_id),
+                    sa.and_(
+                        api_keys.c.created_at == after.created_at, api_keys.c.id < after.key_id
+                    ),
                 )
             )
         query = query.order_by(api_keys.c.created_at.desc(), api_keys.c.id.desc()).limit(limit)

@@ -30,9 +30,7 @@ def upgrade() -> None:
         sa.CheckConstraint("mode IN ('live', 'test')", name="ck_api_keys_mode"),
     )
     # The key list: one account, newest first.
-    op.create_index(
-        "ix_api_keys_account_created", "api_keys", ["account_id", "created_at", "id"]
-    )
+    op.create_index("ix_api_keys_account_created", "api_keys", ["account_id", "created_at", "id"])
 
 
 def downgrade() -> None:

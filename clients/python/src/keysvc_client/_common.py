@@ -24,19 +24,19 @@ __all__ = [
     "to_status",
 ]
 
-ModeLike: TypeAlias = "str | keysvc_pb2.Mode"
+ModeLike: TypeAlias = "str | keysvc_pb2.Mode.ValueType"
 """`"live"` or `"test"` (any case), or keysvc_pb2.MODE_LIVE / MODE_TEST."""
 
-StatusLike: TypeAlias = "str | keysvc_pb2.KeyStatus"
+StatusLike: TypeAlias = "str | keysvc_pb2.KeyStatus.ValueType"
 """`"active"` or `"revoked"` (any case), or keysvc_pb2.KEY_STATUS_ACTIVE / KEY_STATUS_REVOKED."""
 
 Metadata: TypeAlias = tuple[tuple[str, str], ...]
 
-_MODES: dict[str, keysvc_pb2.Mode] = {
+_MODES: dict[str, keysvc_pb2.Mode.ValueType] = {
     "live": keysvc_pb2.MODE_LIVE,
     "test": keysvc_pb2.MODE_TEST,
 }
-_STATUSES: dict[str, keysvc_pb2.KeyStatus] = {
+_STATUSES: dict[str, keysvc_pb2.KeyStatus.ValueType] = {
     "active": keysvc_pb2.KEY_STATUS_ACTIVE,
     "revoked": keysvc_pb2.KEY_STATUS_REVOKED,
 }
@@ -49,17 +49,17 @@ _MIN_SECRET_LEN = 8
 _REDACTED = "[redacted]"
 
 
-def to_mode(value: ModeLike) -> keysvc_pb2.Mode:
+def to_mode(value: ModeLike) -> keysvc_pb2.Mode.ValueType:
     # UNSPECIFIED is refused: "no mode filter" is spelled None, and a key cannot
     # be created without a mode.
     return _convert(value, _MODES, "mode")
 
 
-def _mode_or_any(value: ModeLike | None) -> keysvc_pb2.Mode:
+def _mode_or_any(value: ModeLike | None) -> keysvc_pb2.Mode.ValueType:
     return keysvc_pb2.MODE_UNSPECIFIED if value is None else to_mode(value)
 
 
-def to_status(value: StatusLike) -> keysvc_pb2.KeyStatus:
+def to_status(value: StatusLike) -> keysvc_pb2.KeyStatus.ValueType:
     return _convert(value, _STATUSES, "status")
 
 
