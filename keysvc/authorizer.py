@@ -27,6 +27,18 @@ from keysvc.workers import Workers
 log = logging.getLogger(__name__)
 
 _Flight = tuple[str, bytes]
+_FILL_ATTEMPTS = 3
+
+
+def _grant(stored: StoredKey, digest: bytes) -> KeyGrant:
+    return KeyGrant(
+        key_id=stored.key.id,
+        account_id=stored.key.account_id,
+        mode=stored.key.mode,
+        scopes=frozenset(stored.key.scopes),
+        revoked=stored.key.revoked_at is not None,
+        digest=digest,
+    )
 
 
 class Authorizer:
@@ -71,13 +83,18 @@ class Authorizer:
         if parsed is None:
             return Decision(Reason.MALFORMED)
         digest = hashing.digest(parsed.raw)
-        grant = await self._cache.get(parsed.key_id)
-        if grant is None or grant.digest is None:
-            grant = await self._verify_cold(parsed, digest)
-            if grant is None:
+        try:
+            grant = await self._cache.get(parsed.key_id)
+        except Unavailable:
+            # Decide from the store instead; slower, never a guess.
+            grant = None
+        if grant is not None and grant.digest is not None:
+            if not hmac.compare_digest(grant.digest, digest):
+                # The cached digest was proven by argon2: any other secret is wrong.
                 return Decision(Reason.NOT_FOUND)
-        elif not hmac.compare_digest(grant.digest, digest):
-            # The cached digest was proven by argon2: any other secret is wrong.
+            return self._decide(grant, required, required_mode)
+        grant = await self._verify_cold(parsed, digest)
+        if grant is None:
             return Decision(Reason.NOT_FOUND)
         return self._decide(grant, required, required_mode)
 
@@ -108,6 +125,8 @@ class Authorizer:
         return await asyncio.shield(future)
 
     async def _look_up(self, parsed: keys.ParsedKey, digest: bytes) -> KeyGrant | None:
+        # The epoch is read before the store: see KeyCache.fill.
+        epoch = await self._epoch()
         stored = await self._workers.db(self._store.find, parsed.key_id)
         if stored is None or stored.key.mode is not parsed.mode:
             self._reject((parsed.key_id, digest))
@@ -118,18 +137,34 @@ class Authorizer:
             return None
         if self._verifier.needs_rehash(stored.verifier):
             await self._rehash(stored, parsed.raw)
-        grant = KeyGrant(
-            key_id=stored.key.id,
-            account_id=stored.key.account_id,
-            mode=stored.key.mode,
-            scopes=frozenset(stored.key.scopes),
-            revoked=stored.key.revoked_at is not None,
-            digest=digest,
-        )
-        await self.before_fill(grant)
-        # If a revocation landed since the store was read, the cache holds its marker
-        # and hands it back here: the decision is made on that, never on the stale read.
-        return await self._cache.fill(grant)
+        for _attempt in range(_FILL_ATTEMPTS):
+            grant = _grant(stored, digest)
+            await self.before_fill(grant)
+            if epoch is None:
+                return grant
+            try:
+                # If a revocation landed since the store was read, the cache holds its
+                # marker and hands it back: the decision is made on that.
+                filled = await self._cache.fill(grant, epoch)
+            except Unavailable:
+                return grant
+            if filled is not None:
+                return filled
+            # The cache lost its contents (and maybe a revocation marker) since the
+            # store was read: read it again under the new epoch.
+            epoch = await self._epoch()
+            refreshed = await self._workers.db(self._store.find, parsed.key_id)
+            if refreshed is None:
+                return None
+            stored = refreshed
+        # Decided on a store read newer than the request, and cached nowhere.
+        return _grant(stored, digest)
+
+    async def _epoch(self) -> str | None:
+        try:
+            return await self._cache.epoch()
+        except Unavailable:
+            return None
 
     async def before_fill(self, grant: KeyGrant) -> None:
         """Runs between the store read and the cache fill; tests pause here to race a revoke."""

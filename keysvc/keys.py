@@ -34,7 +34,7 @@ KEY_LENGTH = _PREFIX_LENGTH + BODY_LENGTH
 SCANNER_REGEX = r"\bck_(?:live|test)_[0-9A-Za-z]{50}\b"
 
 _BODY = re.compile(rf"[0-9A-Za-z]{{{BODY_LENGTH}}}")
-_BEARER = "bearer "
+_BEARER = "bearer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +77,9 @@ def display_prefix(mode: Mode, key_id: str) -> str:
 def strip_bearer(value: str) -> str:
     """The key from either a raw key or a whole `Authorization: Bearer ...` header value."""
     value = value.strip()
-    if value[: len(_BEARER)].lower() == _BEARER:
-        return value[len(_BEARER) :].strip()
-    return value
+    scheme, _, rest = value.partition(" ")
+    # "Bearer" with nothing after it sends no key at all.
+    return rest.strip() if scheme.lower() == _BEARER else value
 
 
 def parse(value: str) -> ParsedKey | None:

@@ -38,8 +38,10 @@ class LastUsedRecorder:
                 return
             try:
                 await self._flush(batch)
-            except Exception:
-                # Put the batch back; a newer use recorded meanwhile wins.
+            except BaseException:
+                # Put the batch back, also when cancelled mid-write by close(): writing
+                # it twice is harmless, since last_used_at only moves forward.
+                # A newer use recorded meanwhile wins.
                 for key_id, at in batch.items():
                     self.record(key_id, at)
                 raise

@@ -82,7 +82,7 @@ class KeyService:
             digest=hashing.digest(secret),
         )
         try:
-            await self._cache.fill(grant)
+            await self._cache.fill(grant, await self._cache.epoch())
         except Unavailable:
             log.warning("cache unavailable: key %s will be verified on first use", key.id)
 

@@ -1,0 +1,118 @@
+"""Fixtures: a migrated SQLite file per test, and keysvc wired as keysvc.server wires it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from keysvc.authorizer import Authorizer
+from keysvc.cache.memory import MemoryKeyCache
+from keysvc.last_used import LastUsedRecorder
+from keysvc.service import KeyService
+from keysvc.store import migrate
+from keysvc.store.sql import SqlKeyStore, create_engine
+from keysvc.workers import Workers
+
+from .support import CountingVerifier, FakeClock, FakeMonotonic
+
+
+@pytest.fixture
+def database_path(tmp_path: Path) -> Path:
+    return tmp_path / "keysvc.db"
+
+
+@pytest.fixture
+def engine(database_path: Path) -> Iterator[Engine]:
+    engine = create_engine(f"sqlite:///{database_path}")
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> SqlKeyStore:
+    return SqlKeyStore(engine)
+
+
+@pytest.fixture
+def workers() -> Iterator[Workers]:
+    workers = Workers(db_threads=4, hashing_threads=4)
+    yield workers
+    workers.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@dataclass
+class Keysvc:
+    """One keysvc process: the use cases and Authorize over a store, sharing one cache."""
+
+    store: SqlKeyStore
+    workers: Workers
+    clock: FakeClock
+    monotonic: FakeMonotonic
+    verifier: CountingVerifier
+    cache: MemoryKeyCache
+    recorder: LastUsedRecorder
+    service: KeyService
+    authorizer: Authorizer
+
+    @classmethod
+    def wire(
+        cls,
+        store: SqlKeyStore,
+        workers: Workers,
+        clock: FakeClock,
+        *,
+        verifier: CountingVerifier | None = None,
+        authorizer_class: type[Authorizer] = Authorizer,
+    ) -> Keysvc:
+        verifier = verifier or CountingVerifier()
+        monotonic = FakeMonotonic()
+        cache = MemoryKeyCache(clock=monotonic)
+
+        async def flush(uses: Mapping[str, datetime]) -> None:
+            await workers.db(store.record_last_used, uses)
+
+        recorder = LastUsedRecorder(flush)
+        return cls(
+            store=store,
+            workers=workers,
+            clock=clock,
+            monotonic=monotonic,
+            verifier=verifier,
+            cache=cache,
+            recorder=recorder,
+            service=KeyService(store, cache, verifier, workers, clock=clock),
+            authorizer=authorizer_class(
+                store, cache, verifier, workers, recorder, clock=clock, monotonic=monotonic
+            ),
+        )
+
+    def replica(
+        self,
+        *,
+        verifier: CountingVerifier | None = None,
+        authorizer_class: type[Authorizer] = Authorizer,
+    ) -> Keysvc:
+        """Another keysvc process on the same database: cold cache, fresh verification count."""
+        return Keysvc.wire(
+            self.store,
+            self.workers,
+            self.clock,
+            verifier=verifier,
+            authorizer_class=authorizer_class,
+        )
+
+
+@pytest.fixture
+def keysvc(store: SqlKeyStore, workers: Workers, clock: FakeClock) -> Keysvc:
+    return Keysvc.wire(store, workers, clock)

@@ -1,0 +1,276 @@
+"""KeyService, the admin use cases: create, get, list and revoke keys, on a real SQLite store."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from keysvc import keys
+from keysvc.errors import InvalidArgument, NotFound
+from keysvc.model import CreatedKey, KeyStatus, Mode, Reason
+
+from .conftest import Keysvc
+from .support import async_test, secret_of
+
+
+async def _create(
+    keysvc: Keysvc,
+    *,
+    account_id: str = "acct_1",
+    name: str = "Production server",
+    mode: Mode = Mode.LIVE,
+    scopes: tuple[str, ...] = ("links:read",),
+) -> CreatedKey:
+    created = await keysvc.service.create_key(account_id, name, mode, scopes)
+    keysvc.clock.advance(1)
+    return created
+
+
+class TestCreateKey:
+    @async_test
+    async def test_returns_the_key_and_its_secret(self, keysvc: Keysvc) -> None:
+        """A new key is active, named, prefixed and scoped as asked, and its secret parses to it."""
+        created = await keysvc.service.create_key(
+            "acct_1",
+            "  WooCommerce plugin ",
+            Mode.LIVE,
+            ["sessions:write", "links:read", "links:read"],
+        )
+        key = created.key
+        assert key.account_id == "acct_1"
+        assert key.name == "WooCommerce plugin"
+        assert key.mode is Mode.LIVE
+        assert key.scopes == ("links:read", "sessions:write")
+        assert key.prefix == keys.display_prefix(Mode.LIVE, key.id)
+        assert created.secret.startswith(key.prefix)
+        assert key.created_at == keysvc.clock.now
+        assert key.status is KeyStatus.ACTIVE
+        assert key.last_used_at is None and key.revoked_at is None
+        parsed = keys.parse(created.secret)
+        assert parsed is not None and (parsed.mode, parsed.key_id) == (Mode.LIVE, key.id)
+
+    @async_test
+    async def test_test_mode_keys_start_ck_test(self, keysvc: Keysvc) -> None:
+        """A test-mode key's secret and prefix start ck_test_."""
+        created = await _create(keysvc, mode=Mode.TEST)
+        assert created.secret.startswith("ck_test_")
+        assert created.key.prefix.startswith("ck_test_")
+
+    @async_test
+    async def test_stores_the_key(self, keysvc: Keysvc) -> None:
+        """The created key is in the store exactly as returned."""
+        created = await _create(keysvc)
+        assert keysvc.store.get("acct_1", created.key.id) == created.key
+
+    @async_test
+    async def test_each_key_is_distinct(self, keysvc: Keysvc) -> None:
+        """Two keys created alike get different ids and secrets."""
+        first, second = await _create(keysvc), await _create(keysvc)
+        assert first.key.id != second.key.id
+        assert first.secret != second.secret
+
+    @async_test
+    async def test_repr_never_shows_the_secret(self, keysvc: Keysvc) -> None:
+        """A created key can be logged: its repr holds neither the raw key nor its secret."""
+        created = await _create(keysvc)
+        assert created.secret not in repr(created)
+        assert secret_of(created.secret) not in repr(created)
+
+    @async_test
+    async def test_the_raw_key_is_in_no_row(self, keysvc: Keysvc, database_path: Path) -> None:
+        """The database holds neither the raw key nor its secret: dump every row and look."""
+        created = [await _create(keysvc, mode=mode) for mode in (Mode.LIVE, Mode.TEST)]
+        with sqlite3.connect(database_path) as conn:
+            dump = "\n".join(conn.iterdump())
+        assert created[0].key.id in dump  # the dump does hold the keys
+        for key in created:
+            assert key.secret not in dump
+            assert secret_of(key.secret) not in dump
+        on_disk = b"".join(p.read_bytes() for p in database_path.parent.glob("keysvc.db*"))
+        for key in created:
+            assert secret_of(key.secret).encode() not in on_disk
+
+    @pytest.mark.parametrize(
+        ("account_id", "name", "scopes", "message"),
+        [
+            ("", "Production server", ["links:read"], "account_id"),
+            ("acct 1", "Production server", ["links:read"], "account_id"),
+            ("acct_1", "   ", ["links:read"], "name"),
+            ("acct_1", "bad\x00name", ["links:read"], "name"),
+            ("acct_1", "n" * 101, ["links:read"], "name"),
+            ("acct_1", "Production server", [], "at least one scope"),
+            ("acct_1", "Production server", ["links:admin"], "links:admin"),
+        ],
+    )
+    @async_test
+    async def test_refuses_bad_requests_and_stores_nothing(
+        self, keysvc: Keysvc, account_id: str, name: str, scopes: list[str], message: str
+    ) -> None:
+        """A bad account id, name or scope list is refused, saying which, and no key is made."""
+        with pytest.raises(InvalidArgument, match=message):
+            await keysvc.service.create_key(account_id, name, Mode.LIVE, scopes)
+        assert (await keysvc.service.list_keys("acct_1")).keys == []
+
+
+class TestGetKey:
+    @async_test
+    async def test_returns_the_accounts_key(self, keysvc: Keysvc) -> None:
+        """An account reads its key back by id."""
+        created = await _create(keysvc)
+        assert await keysvc.service.get_key("acct_1", created.key.id) == created.key
+
+    @async_test
+    async def test_another_accounts_key_is_not_found(self, keysvc: Keysvc) -> None:
+        """Another account's key is reported as not found, as if it did not exist."""
+        created = await _create(keysvc, account_id="acct_other")
+        with pytest.raises(NotFound):
+            await keysvc.service.get_key("acct_1", created.key.id)
+
+    @async_test
+    async def test_an_unknown_key_is_not_found(self, keysvc: Keysvc) -> None:
+        """An id no key has is not found."""
+        with pytest.raises(NotFound):
+            await keysvc.service.get_key("acct_1", keys.new_key_id())
+
+    @async_test
+    async def test_a_malformed_id_is_invalid(self, keysvc: Keysvc) -> None:
+        """Something that is not a key id (e.g. a whole raw key) is refused as invalid."""
+        created = await _create(keysvc)
+        with pytest.raises(InvalidArgument, match="id: not a key id"):
+            await keysvc.service.get_key("acct_1", created.secret)
+
+
+class TestListKeys:
+    @async_test
+    async def test_lists_newest_first_with_revoked_keys(self, keysvc: Keysvc) -> None:
+        """Keys come newest first; a revoked key stays listed with its revoked_at."""
+        first, second, third = [await _create(keysvc) for _ in range(3)]
+        await keysvc.service.revoke_key("acct_1", second.key.id)
+        page = await keysvc.service.list_keys("acct_1")
+        assert [k.id for k in page.keys] == [third.key.id, second.key.id, first.key.id]
+        assert [k.status for k in page.keys] == [
+            KeyStatus.ACTIVE,
+            KeyStatus.REVOKED,
+            KeyStatus.ACTIVE,
+        ]
+        assert page.keys[1].revoked_at is not None
+        assert page.next_page_token == ""
+
+    @async_test
+    async def test_never_lists_other_accounts_keys(self, keysvc: Keysvc) -> None:
+        """An account sees only its own keys."""
+        mine = await _create(keysvc)
+        await _create(keysvc, account_id="acct_other")
+        assert [k.id for k in (await keysvc.service.list_keys("acct_1")).keys] == [mine.key.id]
+
+    @async_test
+    async def test_pages_through_every_key_once(self, keysvc: Keysvc) -> None:
+        """Following next_page_token visits every key once, newest first, and ends with ''."""
+        created = [await _create(keysvc) for _ in range(5)]
+        seen, sizes, token = [], [], ""
+        while True:
+            page = await keysvc.service.list_keys("acct_1", page_size=2, page_token=token)
+            seen += [k.id for k in page.keys]
+            sizes.append(len(page.keys))
+            token = page.next_page_token
+            if not token:
+                break
+        assert sizes == [2, 2, 1]
+        assert seen == [c.key.id for c in reversed(created)]
+
+    @async_test
+    async def test_a_full_last_page_has_no_token(self, keysvc: Keysvc) -> None:
+        """When the keys fill the last page exactly, it says so: no empty page follows."""
+        for _ in range(4):
+            await _create(keysvc)
+        first = await keysvc.service.list_keys("acct_1", page_size=2)
+        last = await keysvc.service.list_keys(
+            "acct_1", page_size=2, page_token=first.next_page_token
+        )
+        assert len(last.keys) == 2
+        assert last.next_page_token == ""
+
+    @async_test
+    async def test_pages_across_keys_created_at_the_same_instant(self, keysvc: Keysvc) -> None:
+        """Keys sharing a created_at are each listed once across pages."""
+        created = [
+            await keysvc.service.create_key("acct_1", "same", Mode.LIVE, ["links:read"])
+            for _ in range(5)
+        ]
+        seen, token = [], ""
+        while True:
+            page = await keysvc.service.list_keys("acct_1", page_size=2, page_token=token)
+            seen += [k.id for k in page.keys]
+            if not (token := page.next_page_token):
+                break
+        assert sorted(seen) == sorted(c.key.id for c in created)
+        assert len(seen) == 5
+
+    @async_test
+    async def test_filters_by_mode_and_status(self, keysvc: Keysvc) -> None:
+        """Mode and status filters narrow the list."""
+        live = await _create(keysvc, mode=Mode.LIVE)
+        test = await _create(keysvc, mode=Mode.TEST)
+        gone = await _create(keysvc, mode=Mode.TEST)
+        await keysvc.service.revoke_key("acct_1", gone.key.id)
+
+        async def ids(mode: Mode | None = None, status: KeyStatus | None = None) -> list[str]:
+            page = await keysvc.service.list_keys("acct_1", mode=mode, status=status)
+            return [k.id for k in page.keys]
+
+        assert await ids(mode=Mode.LIVE) == [live.key.id]
+        assert await ids(mode=Mode.TEST) == [gone.key.id, test.key.id]
+        assert await ids(status=KeyStatus.REVOKED) == [gone.key.id]
+        assert await ids(mode=Mode.TEST, status=KeyStatus.ACTIVE) == [test.key.id]
+
+    @async_test
+    async def test_refuses_bad_page_requests(self, keysvc: Keysvc) -> None:
+        """A garbage page token or an out-of-range page size is invalid."""
+        with pytest.raises(InvalidArgument, match="page_token"):
+            await keysvc.service.list_keys("acct_1", page_token="garbage")
+        with pytest.raises(InvalidArgument, match="page_size"):
+            await keysvc.service.list_keys("acct_1", page_size=501)
+        with pytest.raises(InvalidArgument, match="account_id"):
+            await keysvc.service.list_keys("")
+
+
+class TestRevokeKey:
+    @async_test
+    async def test_marks_the_key_revoked_now(self, keysvc: Keysvc) -> None:
+        """Revoking returns the key revoked at the current time, and the store agrees."""
+        created = await _create(keysvc)
+        revoked = await keysvc.service.revoke_key("acct_1", created.key.id)
+        assert revoked.status is KeyStatus.REVOKED
+        assert revoked.revoked_at == keysvc.clock.now
+        assert await keysvc.service.get_key("acct_1", created.key.id) == revoked
+
+    @async_test
+    async def test_is_idempotent_and_keeps_the_first_time(self, keysvc: Keysvc) -> None:
+        """Revoking again succeeds and keeps the first revoked_at."""
+        created = await _create(keysvc)
+        first = await keysvc.service.revoke_key("acct_1", created.key.id)
+        keysvc.clock.advance(3600)
+        again = await keysvc.service.revoke_key("acct_1", created.key.id)
+        assert again.revoked_at == first.revoked_at
+        decision = await keysvc.authorizer.authorize(created.secret)
+        assert decision.reason is Reason.REVOKED
+
+    @async_test
+    async def test_another_accounts_key_is_not_found_and_stays_usable(self, keysvc: Keysvc) -> None:
+        """Revoking another account's key is not found, and that key keeps working."""
+        theirs = await _create(keysvc, account_id="acct_other")
+        with pytest.raises(NotFound):
+            await keysvc.service.revoke_key("acct_1", theirs.key.id)
+        assert (
+            await keysvc.service.get_key("acct_other", theirs.key.id)
+        ).status is KeyStatus.ACTIVE
+        assert (await keysvc.authorizer.authorize(theirs.secret)).reason is Reason.ALLOWED
+        assert (await keysvc.replica().authorizer.authorize(theirs.secret)).reason is Reason.ALLOWED
+
+    @async_test
+    async def test_an_unknown_key_is_not_found(self, keysvc: Keysvc) -> None:
+        """Revoking an id no key has is not found."""
+        with pytest.raises(NotFound):
+            await keysvc.service.revoke_key("acct_1", keys.new_key_id())
