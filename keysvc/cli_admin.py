@@ -118,7 +118,10 @@ def _print_json(message: object) -> None:
 
 
 def _as_dict(message: Message) -> object:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    # Every field, false and empty ones included, so scripts can read "allowed" always.
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 def _create(args: argparse.Namespace) -> int:

@@ -23,6 +23,13 @@ class Settings:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     # None: the SQLite file in data_dir.
     database_url: str | None = None
+    # Seconds a database call may take before the RPC answers UNAVAILABLE.
+    database_timeout_seconds: float = 5.0
+    # None: the in-process cache (one replica only).
+    redis_url: str | None = field(default=None, repr=False)
+    redis_prefix: str = "keysvc:"
+    redis_timeout_seconds: float = 0.25
+    health_check_seconds: float = 1.0
     # None: the token generated into data_dir/admin-token at first start.
     admin_token: str | None = field(default=None, repr=False)
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
@@ -65,6 +72,26 @@ SERVE_OPTIONS = (
     _Option("--listen", "KEYSVC_LISTEN", "HOST:PORT to serve gRPC on"),
     _DATA_DIR,
     _DATABASE,
+    _Option(
+        "--database-timeout-seconds",
+        "KEYSVC_DATABASE_TIMEOUT_SECONDS",
+        "longest wait for the database before answering UNAVAILABLE",
+        float,
+    ),
+    _Option("--redis-url", "KEYSVC_REDIS_URL", "redis:// or rediss:// URL of the shared cache"),
+    _Option("--redis-prefix", "KEYSVC_REDIS_PREFIX", "prefix of keysvc's Redis keys"),
+    _Option(
+        "--redis-timeout-seconds",
+        "KEYSVC_REDIS_TIMEOUT_SECONDS",
+        "longest wait for Redis before deciding from the database",
+        float,
+    ),
+    _Option(
+        "--health-check-seconds",
+        "KEYSVC_HEALTH_CHECK_SECONDS",
+        "time between database checks of the health service",
+        float,
+    ),
     _Option("--argon2-time-cost", "KEYSVC_ARGON2_TIME_COST", "argon2id passes", int),
     _Option("--argon2-memory-cost-kib", "KEYSVC_ARGON2_MEMORY_COST_KIB", "argon2id KiB", int),
     _Option("--argon2-parallelism", "KEYSVC_ARGON2_PARALLELISM", "argon2id lanes", int),

@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,7 +25,9 @@ from keysvc.api.servicer import KeyServiceServicer
 from keysvc.authorizer import Authorizer
 from keysvc.cache import KeyCache
 from keysvc.cache.memory import MemoryKeyCache
+from keysvc.cache.redis import RedisKeyCache
 from keysvc.config import Settings
+from keysvc.errors import Unavailable
 from keysvc.hashing import Verifier
 from keysvc.last_used import LastUsedRecorder
 from keysvc.service import KeyService
@@ -73,10 +76,61 @@ def open_database(settings: Settings) -> Engine:
     url = settings.effective_database_url
     if url.startswith("sqlite:///"):
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    engine = create_engine(url)
+    engine = create_engine(url, timeout_seconds=settings.database_timeout_seconds)
     migrate.upgrade(engine)
     log.info("database: %s (schema up to date)", database_url(url).render_as_string(True))
     return engine
+
+
+def _open_cache(settings: Settings) -> KeyCache:
+    if settings.redis_url is None:
+        log.info("cache: in-process (a single replica; set KEYSVC_REDIS_URL to share one)")
+        return MemoryKeyCache(ttl_seconds=settings.cache_ttl_seconds)
+    cache = RedisKeyCache(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        timeout_seconds=settings.redis_timeout_seconds,
+        ttl_seconds=settings.cache_ttl_seconds,
+    )
+    log.info(
+        "cache: redis %s (prefix %r)", _without_password(settings.redis_url), settings.redis_prefix
+    )
+    return cache
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _watch_database(
+    store: SqlKeyStore, workers: Workers, health_servicer: health.aio.HealthServicer, every: float
+) -> None:
+    """Keeps the health service NOT_SERVING while the database cannot be reached."""
+    serving = True
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await workers.db(store.ping)
+            reachable = True
+        except Unavailable:
+            reachable = False
+        if reachable != serving:
+            serving = reachable
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, status)
+            log.warning(
+                "database %s", "reachable again: SERVING" if serving else "unreachable: NOT_SERVING"
+            )
 
 
 @contextlib.asynccontextmanager
@@ -84,9 +138,9 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     """Serves until the block exits, then shuts down gracefully."""
     tokens = _admin_tokens(settings)
     engine = await asyncio.to_thread(open_database, settings)
-    workers = Workers()
+    workers = Workers(db_timeout_seconds=settings.database_timeout_seconds)
     store = SqlKeyStore(engine)
-    cache: KeyCache = MemoryKeyCache(ttl_seconds=settings.cache_ttl_seconds)
+    cache = _open_cache(settings)
     verifier = Verifier(settings.argon2)
 
     async def flush(uses: Mapping[str, datetime]) -> None:
@@ -120,11 +174,15 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     recorder.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    watcher = asyncio.create_task(
+        _watch_database(store, workers, health_servicer, settings.health_check_seconds)
+    )
     log.info("keysvc listening on %s", address)
     try:
         yield Running(server, address, authorizer, recorder, health_servicer)
     finally:
         log.info("shutting down: refusing new calls, finishing in-flight ones")
+        watcher.cancel()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace_seconds)
         try:

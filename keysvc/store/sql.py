@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from keysvc import deadline
 from keysvc.errors import Unavailable
 from keysvc.model import ApiKey, KeyStatus, Mode
 from keysvc.store import Cursor, KeyIdTaken, StoredKey
@@ -30,12 +31,15 @@ def database_url(url: str) -> URL:
     return parsed.set(drivername=driver) if driver else parsed
 
 
-def create_engine(url: str) -> Engine:
+def create_engine(url: str, *, timeout_seconds: float = 5.0) -> Engine:
     target = database_url(url)
     # Bound parameters stay out of error messages and logs, whatever they hold.
     options: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True}
     if target.get_backend_name() == "sqlite":
-        options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        options["connect_args"] = {"check_same_thread": False, "timeout": timeout_seconds}
+    elif target.get_backend_name() == "postgresql":
+        options["connect_args"] = {"connect_timeout": max(1, round(timeout_seconds))}
+        options["pool_timeout"] = timeout_seconds
     engine = sa.create_engine(target, **options)
     if target.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -76,6 +80,10 @@ class SqlKeyStore:
         try:
             with self._engine.begin() as conn:
                 yield conn
+                if deadline.passed():
+                    # The caller has been told UNAVAILABLE: roll back rather than make
+                    # that answer false (a key nobody holds the secret of, say).
+                    raise Unavailable("database did not answer in time")
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
             log.warning("database unavailable: %s", type(err.orig or err).__name__)
             raise Unavailable("database unavailable") from err

@@ -1,0 +1,1 @@
+"""End-to-end tests: a real `keysvc serve` process, driven by the client, grpcurl and the CLI."""

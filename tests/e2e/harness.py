@@ -1,0 +1,329 @@
+"""Runs real `keysvc serve` processes for the end-to-end tests.
+
+A server binds port 0, logs to a file, and counts as started once it has logged its
+address and answers health checks SERVING. Stopping is SIGTERM, and anything but exit
+code 0 is a failure: graceful shutdown is part of what the tests check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from keysvc_client import AuthorizeResponse, CreateKeyResponse, KeyServiceClient, keysvc_pb2
+from keysvc_client import aio as keysvc_aio
+from keysvc_client.v1 import keysvc_pb2_grpc
+
+# The tests run from the venv that has keysvc installed: its tools sit next to python.
+PYTHON = sys.executable
+BIN = Path(sys.executable).parent
+KEYSVC = BIN / "keysvc"
+GRPCURL = BIN / "grpcurl"
+
+SERVICE = "keysvc.v1.KeyService"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
+COMMAND_TIMEOUT = 60.0
+
+_LISTENING = re.compile(r"keysvc listening on (?P<host>\S+):(?P<port>\d+)\s*$", re.MULTILINE)
+# Every keysvc key, as the scanner regex in keysvc/keys.py documents it.
+KEY_PATTERN = re.compile(r"\bck_(?:live|test)_[0-9A-Za-z]{50}\b")
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+T = TypeVar("T")
+
+# The new_key fixture: new_key(mode="live", scopes=(...), name=..., account_id=...).
+NewKey = Callable[..., CreateKeyResponse]
+
+
+def poll(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05) -> T:
+    """The first truthy result of `check`, retried until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
+    """The RpcError `call` raises; fails the test if the call succeeds."""
+    try:
+        call()
+    except grpc.RpcError as err:
+        return err
+    raise AssertionError("expected the call to fail with an RPC error, but it succeeded")
+
+
+def with_checksum(unsigned: str) -> str:
+    """`unsigned` (mode prefix, key id, secret) completed with its six-digit checksum.
+
+    Written from the key format keysvc/keys.py documents (CRC32 of everything before
+    it, in base62) rather than imported, so forged keys follow the published rules.
+    """
+    value = zlib.crc32(unsigned.encode("utf-8"))
+    digits = ""
+    for _ in range(6):
+        value, digit = divmod(value, len(BASE62))
+        digits = BASE62[digit] + digits
+    return unsigned + digits
+
+
+def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without KEYSVC_* settings, plus `extra`.
+
+    A developer's own KEYSVC_ADMIN_TOKEN or KEYSVC_TARGET must not leak into a test.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSVC_")}
+    env.update(extra or {})
+    return env
+
+
+def serve_command(data_dir: Path, *args: str, listen: str = "127.0.0.1:0") -> list[str]:
+    return [
+        PYTHON,
+        "-m",
+        "keysvc",
+        "serve",
+        "--listen",
+        listen,
+        "--data-dir",
+        str(data_dir),
+        "--last-used-flush-seconds",
+        "0.2",
+        # Later flags win, so callers can override the ones above.
+        *args,
+    ]
+
+
+def verdict(decision: AuthorizeResponse) -> tuple[int, str]:
+    """An Authorize decision as (http_status, reason name), which reads well in a failure."""
+    return decision.http_status, keysvc_pb2.Reason.Name(decision.reason)
+
+
+def when(message: Message, field: str) -> datetime | None:
+    """A Timestamp field as an aware UTC datetime, or None when it is unset."""
+    if not message.HasField(field):
+        return None
+    stamp: Any = getattr(message, field)
+    value: datetime = stamp.ToDatetime(tzinfo=UTC)
+    return value
+
+
+class ServerProcess:
+    """One running `keysvc serve` and the ways the tests reach it."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        *,
+        data_dir: Path,
+        log_path: Path,
+        env: Mapping[str, str],
+    ) -> None:
+        self.process = process
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.env = dict(env)
+        self.target = ""
+        self.admin_token = ""
+
+    # -- state --------------------------------------------------------------------------
+
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def port(self) -> int:
+        return int(self.target.rsplit(":", 1)[1])
+
+    @property
+    def admin_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.admin_token}"),)
+
+    def health(self, service: str = "") -> int:
+        """The health status the server reports for `service` ("" is the whole server)."""
+        with grpc.insecure_channel(self.target) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(service=service), timeout=5
+            )
+        status: int = response.status
+        return status
+
+    # -- clients ------------------------------------------------------------------------
+
+    def client(self, *, admin: bool = True, token: str | None = None) -> KeyServiceClient:
+        """A blocking client; with the server's admin token unless `token` or admin=False."""
+        chosen = token if token is not None else (self.admin_token if admin else None)
+        return KeyServiceClient(self.target, admin_token=chosen, timeout=10.0)
+
+    def async_client(
+        self, *, admin: bool = True, token: str | None = None
+    ) -> keysvc_aio.KeyServiceClient:
+        """An asyncio client; create it inside the event loop that uses it."""
+        chosen = token if token is not None else (self.admin_token if admin else None)
+        return keysvc_aio.KeyServiceClient(self.target, admin_token=chosen, timeout=10.0)
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.target)
+
+    def stub(self, channel: grpc.Channel) -> keysvc_pb2_grpc.KeyServiceStub:
+        """The generated stub, for requests the typed client refuses to build."""
+        return keysvc_pb2_grpc.KeyServiceStub(channel)
+
+    # -- command-line tools -------------------------------------------------------------
+
+    def cli(
+        self, *args: str, env: Mapping[str, str] | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs the `keysvc` command against this server, as an operator on its host would."""
+        environ = clean_environ(
+            {"KEYSVC_TARGET": self.target, "KEYSVC_DATA_DIR": str(self.data_dir), **(env or {})}
+        )
+        return subprocess.run(
+            [str(KEYSVC), *args],
+            env=environ,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+
+    def grpcurl(
+        self, *args: str, token: str | None = None, data: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs `grpcurl -plaintext [-H ...] [-d ...] TARGET args...` against this server."""
+        command = [str(GRPCURL), "-plaintext", "-emit-defaults"]
+        if token is not None:
+            command += ["-H", f"authorization: Bearer {token}"]
+        if data is not None:
+            command += ["-d", data]
+        command += [self.target, *args]
+        return subprocess.run(
+            command,
+            env=clean_environ(),
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        """Sends `sig` and returns the exit code; kills the process if it outlives `timeout`."""
+        if self.running:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(
+                f"keysvc did not exit within {timeout}s of {sig.name}; log:\n{self.read_log()}"
+            ) from None
+
+    def wait_until_ready(self) -> None:
+        match = poll(self._bound_address, timeout=START_TIMEOUT, what="the listening line")
+        self.target = f"{match['host']}:{match['port']}"
+        poll(self._serving, timeout=START_TIMEOUT, what="health SERVING")
+        token = self.env.get("KEYSVC_ADMIN_TOKEN")
+        self.admin_token = token or (self.data_dir / "admin-token").read_text().strip()
+
+    def _bound_address(self) -> re.Match[str] | None:
+        match = _LISTENING.search(self.read_log())
+        if match is None and not self.running:
+            raise AssertionError(
+                f"keysvc exited with {self.process.returncode} before listening;"
+                f" log:\n{self.read_log()}"
+            )
+        return match
+
+    def _serving(self) -> bool:
+        try:
+            return self.health(SERVICE) == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+
+class ServerFactory:
+    """Starts servers under `base`; close() stops those still running and checks they exit 0.
+
+    `args` and `env` go to every server it starts (a database or Redis URL, say);
+    each start() can add more.
+    """
+
+    def __init__(
+        self, base: Path, *, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+    ) -> None:
+        self._base = base
+        self._args = tuple(args)
+        self._env = dict(env or {})
+        self._servers: list[ServerProcess] = []
+
+    def start(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        data_dir: Path | None = None,
+    ) -> ServerProcess:
+        """A healthy server started with `keysvc serve` plus `args`, and `env` on top of ours.
+
+        Reusing `data_dir` restarts on an earlier server's database and admin token.
+        """
+        number = len(self._servers) + 1
+        data_dir = data_dir or self._base / f"server-{number}" / "data"
+        log_path = self._base / f"server-{number}.log"
+        environ = clean_environ({**self._env, **(env or {})})
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                serve_command(data_dir, *self._args, *args),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environ,
+                cwd=self._base,
+            )
+        server = ServerProcess(process, data_dir=data_dir, log_path=log_path, env=environ)
+        self._servers.append(server)
+        server.wait_until_ready()
+        return server
+
+    @property
+    def log_paths(self) -> list[Path]:
+        return [server.log_path for server in self._servers]
+
+    def close(self) -> None:
+        failures = []
+        for server in self._servers:
+            if not server.running:
+                continue
+            try:
+                code = server.stop()
+            except AssertionError as err:
+                failures.append(str(err))
+                continue
+            if code != 0:
+                failures.append(f"keysvc exited with {code} on SIGTERM; log:\n{server.read_log()}")
+        if failures:
+            raise AssertionError("\n\n".join(failures))
