@@ -10,13 +10,22 @@ import pytest
 from keysvc_client import CreateKeyResponse, KeyServiceClient
 from keysvc_client.v1 import keysvc_pb2_grpc
 
+from tests.conftest import Backend, new_backend
+
 from .harness import NewKey, ServerFactory, ServerProcess
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def module_backend(backend_name: str, request: pytest.FixtureRequest) -> Backend:
+    return new_backend(backend_name, request)
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, module_backend: Backend
+) -> Iterator[ServerProcess]:
     """One server shared by a module's tests; each test keeps to its own account."""
-    factory = ServerFactory(tmp_path_factory.mktemp("keysvc"))
+    factory = ServerFactory(tmp_path_factory.mktemp("keysvc"), args=module_backend.server_args)
     try:
         yield factory.start()
     finally:
@@ -24,9 +33,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+def backend(backend_name: str, request: pytest.FixtureRequest) -> Backend:
+    """An empty backend of the test's own (a fresh database and Redis prefix in production)."""
+    return new_backend(backend_name, request)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, backend: Backend) -> Iterator[ServerFactory]:
     """Starts servers of the test's own (extra flags, environment, restarts, shutdowns)."""
-    factory = ServerFactory(tmp_path)
+    factory = ServerFactory(tmp_path, args=backend.server_args)
     yield factory
     factory.close()
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import base64
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
 from keysvc_client import keysvc_pb2
+
+from tests.conftest import Backend
 
 from .harness import ServerFactory, ServerProcess, rpc_error, verdict, with_checksum
 
@@ -124,14 +124,6 @@ def cold_path_and_rehash(server: ServerProcess, keys: list[str]) -> None:
         assert verdict(public.authorize(keys[3])) == (401, "REASON_REVOKED")
 
 
-def database_dump(data_dir: Path) -> str:
-    connection = sqlite3.connect(data_dir / "keysvc.db")
-    try:
-        return "\n".join(connection.iterdump())
-    finally:
-        connection.close()
-
-
 @dataclass
 class Traces:
     """What two stopped server runs left behind, and the secrets they must not contain."""
@@ -146,15 +138,27 @@ class Traces:
 
 
 @pytest.fixture(scope="module")
-def traces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traces]:
+def traces(tmp_path_factory: pytest.TempPathFactory, module_backend: Backend) -> Iterator[Traces]:
     """Two server runs on one data directory (the second rehashes), both stopped."""
-    factory = ServerFactory(tmp_path_factory.mktemp("hygiene"))
+    factory = ServerFactory(tmp_path_factory.mktemp("hygiene"), args=module_backend.server_args)
+    # The second run starts on a cold cache, as after a Redis restart, so that it verifies
+    # (and rehashes) every key from the database.
+    cold_cache = (
+        ["--redis-prefix", f"{module_backend.redis_prefix}second:"]
+        if module_backend.redis_url
+        else []
+    )
     try:
         first = factory.start("--log-level", "DEBUG")
         keys, key_ids = drive_every_path(first)
         assert first.stop() == 0
         second = factory.start(
-            "--log-level", "DEBUG", "--argon2-time-cost", "3", data_dir=first.data_dir
+            "--log-level",
+            "DEBUG",
+            "--argon2-time-cost",
+            "3",
+            *cold_cache,
+            data_dir=first.data_dir,
         )
         cold_path_and_rehash(second, keys)
         assert second.stop() == 0
@@ -165,7 +169,7 @@ def traces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traces]:
         key_ids=key_ids,
         admin_token=second.admin_token,
         logs="\n".join(path.read_text(errors="replace") for path in factory.log_paths),
-        dump=database_dump(first.data_dir),
+        dump=module_backend.dump(first.data_dir),
         files={
             path.name: path.read_bytes()
             for path in first.data_dir.iterdir()

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from keysvc.authorizer import Authorizer
@@ -17,6 +18,7 @@ from keysvc.service import KeyService
 from keysvc.store import migrate
 from keysvc.store.sql import SqlKeyStore, create_engine
 from keysvc.workers import Workers
+from tests.services import SharedPostgres
 
 from .support import CountingVerifier, FakeClock, FakeMonotonic
 
@@ -26,12 +28,30 @@ def database_path(tmp_path: Path) -> Path:
     return tmp_path / "keysvc.db"
 
 
-@pytest.fixture
-def engine(database_path: Path) -> Iterator[Engine]:
-    engine = create_engine(f"sqlite:///{database_path}")
-    migrate.upgrade(engine)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, database_path: Path) -> Iterator[Engine]:
+    """A migrated, empty database: a SQLite file, or this session's PostgreSQL database."""
+    if request.param == "sqlite":
+        engine = create_engine(f"sqlite:///{database_path}")
+        migrate.upgrade(engine)
+    else:
+        postgres: SharedPostgres = request.getfixturevalue("shared_postgres")
+        engine = create_engine(postgres.url)
+        migrate.upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("TRUNCATE api_keys"))
     yield engine
     engine.dispose()
+
+
+def dump_rows(engine: Engine) -> str:
+    """Every row of every table, as text."""
+    with engine.connect() as conn:
+        return "\n".join(
+            repr(tuple(row))
+            for table in sa.inspect(conn).get_table_names()
+            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"'))
+        )
 
 
 @pytest.fixture

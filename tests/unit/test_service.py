@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
 from keysvc import keys
 from keysvc.errors import InvalidArgument, NotFound
 from keysvc.model import CreatedKey, KeyStatus, Mode, Reason
 
-from .conftest import Keysvc
+from .conftest import Keysvc, dump_rows
 from .support import async_test, secret_of
 
 
@@ -79,11 +79,12 @@ class TestCreateKey:
         assert secret_of(created.secret) not in repr(created)
 
     @async_test
-    async def test_the_raw_key_is_in_no_row(self, keysvc: Keysvc, database_path: Path) -> None:
+    async def test_the_raw_key_is_in_no_row(
+        self, keysvc: Keysvc, engine: Engine, database_path: Path
+    ) -> None:
         """The database holds neither the raw key nor its secret: dump every row and look."""
         created = [await _create(keysvc, mode=mode) for mode in (Mode.LIVE, Mode.TEST)]
-        with sqlite3.connect(database_path) as conn:
-            dump = "\n".join(conn.iterdump())
+        dump = dump_rows(engine)
         assert created[0].key.id in dump  # the dump does hold the keys
         for key in created:
             assert key.secret not in dump

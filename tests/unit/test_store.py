@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -93,10 +92,10 @@ class TestMigrations:
         assert migrate.is_current(engine) is True
         assert store.get("acct_1", key.id) == key
 
-    def test_refuse_an_unknown_mode(self, database_path: Path, store: SqlKeyStore) -> None:
+    def test_refuse_an_unknown_mode(self, engine: sa.Engine, store: SqlKeyStore) -> None:
         """The database itself refuses a row whose mode is neither live nor test."""
-        with sqlite3.connect(database_path) as conn, pytest.raises(sqlite3.IntegrityError):
-            conn.execute(
+        with engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
+            conn.exec_driver_sql(
                 "INSERT INTO api_keys (id, account_id, name, prefix, mode, scopes, verifier,"
                 " created_at) VALUES ('x', 'a', 'n', 'p', 'prod', 's', 'v', '2026-01-01')"
             )

@@ -1,0 +1,262 @@
+"""Several replicas on one PostgreSQL and one Redis: revocation holds across all of them.
+
+Once RevokeKey has returned OK on any replica, no replica answers `allowed` for
+that key to a request sent afterwards, under load, and whatever the interleaving
+of a cold look-up with the revocation (or with Redis losing its contents).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import redis
+from keysvc_client import aio as keysvc_aio
+
+from keysvc.authorizer import Authorizer
+from keysvc.cache.redis import RedisKeyCache
+from keysvc.hashing import Verifier
+from keysvc.last_used import LastUsedRecorder
+from keysvc.model import KeyGrant, Mode, Reason
+from keysvc.service import KeyService
+from keysvc.store import migrate
+from keysvc.store.sql import SqlKeyStore, create_engine
+from keysvc.workers import Workers
+from tests.conftest import Backend, new_backend
+from tests.e2e.harness import ServerFactory, ServerProcess, verdict, when
+from tests.services import PrivateRedis, SharedPostgres, wait_for
+from tests.unit.support import FAST_ARGON2, async_test, within_deadline
+
+SCOPES = ["links:read"]
+
+
+@pytest.fixture
+def production(request: pytest.FixtureRequest) -> Backend:
+    return new_backend("postgres+redis", request)
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, production: Backend) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two keysvc servers on the same PostgreSQL database and the same Redis."""
+    factory = ServerFactory(
+        tmp_path, args=[*production.server_args, "--last-used-flush-seconds", "0.2"]
+    )
+    try:
+        first = factory.start()
+        second = factory.start(env={"KEYSVC_ADMIN_TOKEN": first.admin_token})
+        yield first, second
+    finally:
+        factory.close()
+
+
+class TestTwoReplicas:
+    def test_a_key_created_on_one_replica_authorizes_on_the_other(self, replicas) -> None:
+        """A key created through replica A is allowed by replica B straight away."""
+        a, b = replicas
+        with a.client() as admin_a, b.client(admin=False) as public_b:
+            created = admin_a.create_key("acct_replicas", "Backend", "live", SCOPES)
+            assert verdict(public_b.authorize(created.secret, SCOPES)) == (200, "REASON_ALLOWED")
+
+    def test_revoke_through_one_replica_refuses_at_once_on_the_other(self, replicas) -> None:
+        """Revoked through A, the key is refused by B on the very next request: 401 REVOKED."""
+        a, b = replicas
+        with a.client() as admin_a, b.client(admin=False) as public_b:
+            created = admin_a.create_key("acct_replicas", "Backend", "live", SCOPES)
+            assert public_b.authorize(created.secret).allowed  # now cached, hot on B
+            admin_a.revoke_key("acct_replicas", created.key.id)
+            assert verdict(public_b.authorize(created.secret)) == (401, "REASON_REVOKED")
+
+    def test_last_used_from_both_replicas_never_moves_backwards(self, replicas) -> None:
+        """Both replicas flush last-used for one key; the stored time only ever grows."""
+        a, b = replicas
+        with a.client() as admin_a, a.client(admin=False) as pa, b.client(admin=False) as pb:
+            created = admin_a.create_key("acct_replicas", "Backend", "live", SCOPES)
+            seen: list[datetime] = []
+            for public in (pa, pb, pa, pb):
+                assert public.authorize(created.secret).allowed
+
+                def flushed(after: datetime | None = seen[-1] if seen else None) -> datetime | None:
+                    stamp = when(admin_a.get_key("acct_replicas", created.key.id), "last_used_at")
+                    return stamp if stamp and (after is None or stamp > after) else None
+
+                seen.append(wait_for(flushed, timeout=10, what="last_used_at to move on"))
+            assert seen == sorted(seen)
+
+
+@dataclass
+class LoadResult:
+    revoked_at: float
+    allowed_after_revoke: int
+    refused_after_revoke: int
+    requests: int
+
+
+async def _hammer_and_revoke(a: ServerProcess, b: ServerProcess, account: str) -> LoadResult:
+    """Clients on both replicas authorize one key in a loop; mid-way, A revokes it."""
+    async with (
+        a.async_client() as admin,
+        a.async_client(admin=False) as pa,
+        b.async_client(admin=False) as pb,
+    ):
+        created = await admin.create_key(account, "Under load", "live", SCOPES)
+        revoked_returned = asyncio.Event()
+        returned_at = float("inf")
+        records: list[tuple[float, bool]] = []
+
+        load_flowing = asyncio.Event()
+
+        async def hammer(client: keysvc_aio.KeyServiceClient) -> None:
+            # Each client goes on for 20 requests after the revocation returned.
+            left_after_revoke = 20
+            while left_after_revoke:
+                sent = time.monotonic()
+                decision = await client.authorize(created.secret, SCOPES)
+                records.append((sent, decision.allowed))
+                if len(records) >= 200:
+                    load_flowing.set()
+                if revoked_returned.is_set():
+                    left_after_revoke -= 1
+
+        async def revoke_mid_way() -> None:
+            nonlocal returned_at
+            await load_flowing.wait()
+            await admin.revoke_key(account, created.key.id)
+            returned_at = time.monotonic()
+            revoked_returned.set()
+
+        clients = [pa, pb] * 8
+        await within_deadline(asyncio.gather(revoke_mid_way(), *(hammer(c) for c in clients)))
+        after = [allowed for sent, allowed in records if sent > returned_at]
+        return LoadResult(
+            revoked_at=returned_at,
+            allowed_after_revoke=sum(after),
+            refused_after_revoke=len(after) - sum(after),
+            requests=len(records),
+        )
+
+
+class TestRevocationUnderLoad:
+    @async_test
+    async def test_no_request_sent_after_revoke_returned_is_allowed(self, replicas) -> None:
+        """16 clients on two replicas: not one request sent after RevokeKey returned is allowed."""
+        a, b = replicas
+        for repetition in range(10):
+            result = await _hammer_and_revoke(a, b, f"acct_load_{repetition}")
+            assert result.allowed_after_revoke == 0, result
+            # The count means something only if requests did follow the revocation.
+            assert result.refused_after_revoke > 0, result
+
+
+class PausingAuthorizer(Authorizer):
+    """An Authorizer whose cold look-up stops between its store read and its cache fill."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.paused = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def before_fill(self, grant: KeyGrant) -> None:
+        if not self.paused.is_set():
+            self.paused.set()
+            await self.release.wait()
+
+
+@dataclass
+class Replica:
+    service: KeyService
+    authorizer: PausingAuthorizer
+    cache: RedisKeyCache
+
+
+@asynccontextmanager
+async def _replica(database_url: str, redis_url: str, prefix: str) -> AsyncIterator[Replica]:
+    """keysvc wired as keysvc.server wires it, on PostgreSQL and Redis, in this process."""
+    engine = create_engine(database_url)
+    migrate.upgrade(engine)
+    store = SqlKeyStore(engine)
+    workers = Workers()
+    cache = RedisKeyCache(redis_url, prefix=prefix, timeout_seconds=0.5)
+    verifier = Verifier(FAST_ARGON2)
+
+    async def flush(uses: object) -> None:
+        return None
+
+    recorder = LastUsedRecorder(flush)  # type: ignore[arg-type]
+    try:
+        yield Replica(
+            service=KeyService(store, cache, verifier, workers),
+            authorizer=PausingAuthorizer(store, cache, verifier, workers, recorder),
+            cache=cache,
+        )
+    finally:
+        await cache.close()
+        workers.close()
+        engine.dispose()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+class TestColdLookUpRacingARevoke:
+    @async_test
+    async def test_a_fill_after_the_revoke_cannot_resurrect_the_key(
+        self, shared_postgres: SharedPostgres, private_redis: PrivateRedis
+    ) -> None:
+        """Replica B reads the key as active, A revokes it, then B fills: B answers REVOKED."""
+        url = shared_postgres.fresh_database()
+        async with (
+            _replica(url, private_redis.url, "keysvc:") as a,
+            _replica(url, private_redis.url, "keysvc:") as b,
+        ):
+            created = await a.service.create_key("acct_race", "Race", Mode.LIVE, SCOPES)
+            _forget(private_redis.url, created.key.id)  # B's look-up must be cold
+            look_up = asyncio.create_task(b.authorizer.authorize(created.secret, SCOPES))
+            await within_deadline(b.authorizer.paused.wait())  # B has read the key: active
+            await a.service.revoke_key("acct_race", created.key.id)
+            b.authorizer.release.set()
+            assert (await within_deadline(look_up)).reason is Reason.REVOKED
+            assert (await b.authorizer.authorize(created.secret)).reason is Reason.REVOKED
+            cached = await b.cache.get(created.key.id)
+            assert cached is not None and cached.revoked
+
+    @async_test
+    async def test_redis_losing_the_marker_mid_look_up_cannot_resurrect_the_key(
+        self, shared_postgres: SharedPostgres, private_redis: PrivateRedis
+    ) -> None:
+        """B reads the key as active, A revokes it, Redis restarts empty, then B fills: REVOKED."""
+        url = shared_postgres.fresh_database()
+        async with (
+            _replica(url, private_redis.url, "keysvc:") as a,
+            _replica(url, private_redis.url, "keysvc:") as b,
+        ):
+            created = await a.service.create_key("acct_race", "Race", Mode.LIVE, SCOPES)
+            _forget(private_redis.url, created.key.id)
+            look_up = asyncio.create_task(b.authorizer.authorize(created.secret, SCOPES))
+            await within_deadline(b.authorizer.paused.wait())
+            await a.service.revoke_key("acct_race", created.key.id)
+            # The restart loses the revocation marker (Redis keeps nothing on disk here).
+            private_redis.kill()
+            private_redis.start()
+            b.authorizer.release.set()
+            assert (await within_deadline(look_up)).reason is Reason.REVOKED
+            cached = await b.cache.get(created.key.id)
+            assert cached is None or cached.revoked
+
+
+def _forget(redis_url: str, key_id: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(f"keysvc:grant:{key_id}")
+    finally:
+        client.close()
