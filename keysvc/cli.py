@@ -30,10 +30,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from keysvc.server import open_database
+    from keysvc.server import StartupError, open_database
 
     settings = config.settings_from(args)
-    engine = open_database(settings)
+    try:
+        engine = open_database(settings)
+    except StartupError as err:
+        print(f"keysvc: {err}", file=sys.stderr)
+        return 1
     engine.dispose()
     print("database schema is up to date")
     return 0

@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
+import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from keysvc_client.v1 import keysvc_pb2 as pb
@@ -76,9 +77,17 @@ def open_database(settings: Settings) -> Engine:
     url = settings.effective_database_url
     if url.startswith("sqlite:///"):
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shown = database_url(url).render_as_string(hide_password=True)
     engine = create_engine(url, timeout_seconds=settings.database_timeout_seconds)
-    migrate.upgrade(engine)
-    log.info("database: %s (schema up to date)", database_url(url).render_as_string(True))
+    try:
+        migrate.upgrade(engine)
+    except sa.exc.DBAPIError as err:
+        engine.dispose()
+        # The driver's own message can quote the URL, password included: name the class.
+        raise StartupError(
+            f"cannot migrate the database {shown}: {type(err.orig).__name__}"
+        ) from err
+    log.info("database: %s (schema up to date)", shown)
     return engine
 
 
@@ -133,6 +142,12 @@ async def _watch_database(
             )
 
 
+async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        await job()
+
+
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Running]:
     """Serves until the block exits, then shuts down gracefully."""
@@ -174,15 +189,19 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     recorder.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    watcher = asyncio.create_task(
-        _watch_database(store, workers, health_servicer, settings.health_check_seconds)
-    )
+    background = [
+        asyncio.create_task(
+            _watch_database(store, workers, health_servicer, settings.health_check_seconds)
+        ),
+        asyncio.create_task(_every(settings.health_check_seconds, service.retry_revocations)),
+    ]
     log.info("keysvc listening on %s", address)
     try:
         yield Running(server, address, authorizer, recorder, health_servicer)
     finally:
         log.info("shutting down: refusing new calls, finishing in-flight ones")
-        watcher.cancel()
+        for task in background:
+            task.cancel()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace_seconds)
         try:

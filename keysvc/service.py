@@ -36,6 +36,8 @@ class KeyService:
         self._verifier = verifier
         self._workers = workers
         self._clock = clock
+        # Revocations committed to the store whose cache marker is still to be written.
+        self._unconfirmed: dict[str, KeyGrant] = {}
 
     async def create_key(
         self, account_id: str, name: str, mode: Mode, requested_scopes: Iterable[str]
@@ -121,15 +123,36 @@ class KeyService:
         key = await self._workers.db(self._store.revoke, account_id, key_id, self._clock())
         if key is None:
             raise NotFound(f"no key {key_id} in account {account_id}")
-        # Also on a repeated revoke: it re-invalidates after an earlier cache failure.
-        await self._cache.revoke(
-            KeyGrant(
-                key_id=key.id,
-                account_id=key.account_id,
-                mode=key.mode,
-                scopes=frozenset(key.scopes),
-                revoked=True,
-            )
+        marker = KeyGrant(
+            key_id=key.id,
+            account_id=key.account_id,
+            mode=key.mode,
+            scopes=frozenset(key.scopes),
+            revoked=True,
         )
+        # Also on a repeated revoke: it re-invalidates after an earlier cache failure.
+        try:
+            await self._cache.revoke(marker)
+        except Unavailable as err:
+            # The database says revoked, but a cached copy may still say active: never
+            # answer OK. This replica keeps trying (see retry_revocations), and so can
+            # the caller: revoking is idempotent.
+            self._unconfirmed[key.id] = marker
+            log.warning("key %s revoked in the database; cache not invalidated yet", key.id)
+            raise Unavailable(
+                f"key {key.id} is revoked in the database but the cache could not be"
+                " invalidated yet; retry RevokeKey"
+            ) from err
+        self._unconfirmed.pop(key.id, None)
         log.info("key revoked id=%s account=%s", key.id, account_id)
         return key
+
+    async def retry_revocations(self) -> None:
+        """Writes the revocation markers that the cache refused earlier, while it refuses none."""
+        for key_id, marker in list(self._unconfirmed.items()):
+            try:
+                await self._cache.revoke(marker)
+            except Unavailable:
+                return
+            self._unconfirmed.pop(key_id, None)
+            log.info("key %s: revocation now in the cache too", key_id)

@@ -21,6 +21,7 @@ from keysvc_client import aio as keysvc_aio
 
 from keysvc.authorizer import Authorizer
 from keysvc.cache.redis import RedisKeyCache
+from keysvc.errors import Unavailable
 from keysvc.hashing import Verifier
 from keysvc.last_used import LastUsedRecorder
 from keysvc.model import KeyGrant, Mode, Reason
@@ -260,3 +261,29 @@ def _forget(redis_url: str, key_id: str) -> None:
         client.delete(f"keysvc:grant:{key_id}")
     finally:
         client.close()
+
+
+class TestRevocationTheCacheMissed:
+    @async_test
+    async def test_the_replica_writes_the_marker_once_redis_answers_again(
+        self, shared_postgres: SharedPostgres, private_redis: PrivateRedis
+    ) -> None:
+        """A revoke timing out on a paused Redis is UNAVAILABLE, then completed by the replica."""
+        url = shared_postgres.fresh_database()
+        async with (
+            _replica(url, private_redis.url, "keysvc:") as a,
+            _replica(url, private_redis.url, "keysvc:") as b,
+        ):
+            created = await a.service.create_key("acct_retry", "Retry", Mode.LIVE, SCOPES)
+            b.authorizer.paused.set()  # no pause wanted in this test
+            assert (await b.authorizer.authorize(created.secret)).allowed  # cached: active
+            private_redis.pause()
+            try:
+                with pytest.raises(Unavailable):
+                    await a.service.revoke_key("acct_retry", created.key.id)
+            finally:
+                private_redis.resume()
+            # Redis kept its contents: the active entry is still there until the replica
+            # writes the marker it owes, which its background loop does every second.
+            await a.service.retry_revocations()
+            assert (await b.authorizer.authorize(created.secret)).reason is Reason.REVOKED
