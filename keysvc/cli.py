@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from keysvc import cli_admin, config
+from keysvc.errors import StartupError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -23,14 +24,14 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(server.serve(settings))
-    except server.StartupError as err:
+    except StartupError as err:
         print(f"keysvc: {err}", file=sys.stderr)
         return 1
     return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from keysvc.server import StartupError, open_database
+    from keysvc.server import open_database
 
     settings = config.settings_from(args)
     try:

@@ -30,6 +30,14 @@ class Settings:
     redis_prefix: str = "keysvc:"
     redis_timeout_seconds: float = 0.25
     health_check_seconds: float = 1.0
+    # None: only the admin token (generated, or $KEYSVC_ADMIN_TOKEN) may call.
+    callers: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Set: clients must present a certificate signed by this CA (mutual TLS).
+    tls_client_ca: Path | None = None
+    # Allows a non-loopback listener without TLS.
+    insecure: bool = False
     # None: the token generated into data_dir/admin-token at first start.
     admin_token: str | None = field(default=None, repr=False)
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
@@ -48,12 +56,21 @@ class Settings:
         return self.data_dir / ADMIN_TOKEN_FILE
 
 
+def _true(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 @dataclass(frozen=True)
 class _Option:
     flag: str
     env: str
     help: str
     type: Callable[[str], object] = str
+    is_flag: bool = False
 
     @property
     def dest(self) -> str:
@@ -110,15 +127,30 @@ SERVE_OPTIONS = (
         float,
     ),
     _Option("--log-level", "KEYSVC_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", str.upper),
+    _Option("--callers", "KEYSVC_CALLERS", "TOML file of admin and authorizer callers", Path),
+    _Option("--tls-cert", "KEYSVC_TLS_CERT", "PEM certificate (chain) to serve TLS with", Path),
+    _Option("--tls-key", "KEYSVC_TLS_KEY", "PEM private key of --tls-cert", Path),
+    _Option(
+        "--tls-client-ca", "KEYSVC_TLS_CLIENT_CA", "PEM CA that client certificates need", Path
+    ),
+    _Option(
+        "--insecure",
+        "KEYSVC_INSECURE",
+        "allow a non-loopback listener without TLS (traffic in clear text)",
+        _true,
+        is_flag=True,
+    ),
 )
 MIGRATE_OPTIONS = (_DATA_DIR, _DATABASE)
 
 
 def add_options(parser: argparse.ArgumentParser, options: tuple[_Option, ...]) -> None:
     for option in options:
-        parser.add_argument(
-            option.flag, type=option.type, default=None, help=f"{option.help} (${option.env})"
-        )
+        help = f"{option.help} (${option.env})"
+        if option.is_flag:
+            parser.add_argument(option.flag, action="store_const", const=True, help=help)
+        else:
+            parser.add_argument(option.flag, type=option.type, default=None, help=help)
 
 
 def settings_from(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Settings:

@@ -35,3 +35,7 @@ class PermissionDenied(KeysvcError):
 
 class Unavailable(KeysvcError):
     """A backend cannot answer now; nothing was decided and nothing half-written."""
+
+
+class StartupError(Exception):
+    """keysvc cannot start with these settings; the message says why. Not an RPC error."""

@@ -20,15 +20,14 @@ from keysvc_client.v1 import keysvc_pb2 as pb
 from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 from sqlalchemy.engine import Engine
 
-from keysvc import admin_token
-from keysvc.api.credentials import AdminCredentialInterceptor, AdminTokens
+from keysvc import access
 from keysvc.api.servicer import KeyServiceServicer
 from keysvc.authorizer import Authorizer
 from keysvc.cache import KeyCache
 from keysvc.cache.memory import MemoryKeyCache
 from keysvc.cache.redis import RedisKeyCache
 from keysvc.config import Settings
-from keysvc.errors import Unavailable
+from keysvc.errors import StartupError, Unavailable
 from keysvc.hashing import Verifier
 from keysvc.last_used import LastUsedRecorder
 from keysvc.service import KeyService
@@ -41,10 +40,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KeyService"].full_name
 
 
-class StartupError(Exception):
-    """keysvc cannot start with these settings; the message says why."""
-
-
 @dataclass
 class Running:
     """A started server: its bound address and the parts tests and shutdown reach for."""
@@ -54,23 +49,6 @@ class Running:
     authorizer: Authorizer
     recorder: LastUsedRecorder
     health: health.aio.HealthServicer
-
-
-def _admin_tokens(settings: Settings) -> AdminTokens:
-    if settings.admin_token:
-        log.info("admin token: taken from $KEYSVC_ADMIN_TOKEN")
-        return AdminTokens([settings.admin_token])
-    path = settings.admin_token_path
-    try:
-        token, generated = admin_token.ensure(path)
-    except admin_token.AdminTokenError as err:
-        raise StartupError(str(err)) from err
-    log.info(
-        "admin token: %s %s (mode 0600); the keysvc CLI reads it from there",
-        "generated into" if generated else "read from",
-        path.resolve(),
-    )
-    return AdminTokens([token])
 
 
 def open_database(settings: Settings) -> Engine:
@@ -89,6 +67,14 @@ def open_database(settings: Settings) -> Engine:
         ) from err
     log.info("database: %s (schema up to date)", shown)
     return engine
+
+
+def _transport(settings: Settings) -> str:
+    if settings.tls_client_ca is not None:
+        return "mutual TLS"
+    if settings.tls_cert is not None:
+        return "TLS"
+    return "plaintext"
 
 
 def _open_cache(settings: Settings) -> KeyCache:
@@ -151,7 +137,8 @@ async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Running]:
     """Serves until the block exits, then shuts down gracefully."""
-    tokens = _admin_tokens(settings)
+    credentials = access.server_credentials(settings)
+    gate = access.gate(settings)
     engine = await asyncio.to_thread(open_database, settings)
     workers = Workers(db_timeout_seconds=settings.database_timeout_seconds)
     store = SqlKeyStore(engine)
@@ -166,21 +153,23 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     authorizer = Authorizer(store, cache, verifier, workers, recorder)
 
     server = grpc.aio.server(
-        interceptors=[AdminCredentialInterceptor(tokens)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             # One server per port: a second one binding the same port is an error, not a share.
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_KeyServiceServicer_to_server(KeyServiceServicer(service, authorizer), server)
+    pb_grpc.add_KeyServiceServicer_to_server(KeyServiceServicer(service, authorizer, gate), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(settings.listen)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as err:
         raise StartupError(f"cannot listen on {settings.listen}: {err}") from err
     host = settings.listen.rsplit(":", 1)[0]
@@ -195,6 +184,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         ),
         asyncio.create_task(_every(settings.health_check_seconds, service.retry_revocations)),
     ]
+    log.info("transport: %s", _transport(settings))
     log.info("keysvc listening on %s", address)
     try:
         yield Running(server, address, authorizer, recorder, health_servicer)

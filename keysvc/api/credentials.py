@@ -1,28 +1,25 @@
-"""Who may call what: admin RPCs need an admin token sent as `authorization: Bearer <token>`.
+"""Who is calling, and may they: every KeyService RPC passes the Gate before it runs.
 
-Tokens are held only as SHA-256 digests and compared in constant time. Every
-KeyService RPC is an admin RPC unless listed in OPEN_METHODS, so a new RPC is
-protected by default. Health and reflection stay open for probes and grpcurl.
+Admins may call every RPC; authorizers only Authorize. A missing or unknown
+credential is UNAUTHENTICATED; a known caller calling an RPC beyond its role is
+PERMISSION_DENIED. Every RPC is admin-only unless listed in AUTHORIZER_RPCS, so a
+new RPC is protected by default. Authorize is left open (`open_authorize`) only on
+a loopback listener with no authorizers configured: the zero-config embedded
+default. Health and reflection are other services and stay open.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import grpc
-from keysvc_client.v1 import keysvc_pb2 as pb
+from keysvc.callers import Caller, Callers, Role
+from keysvc.errors import PermissionDenied, Unauthenticated
 
-_SERVICE = pb.DESCRIPTOR.services_by_name["KeyService"]
-KEY_SERVICE_METHODS = frozenset(f"/{_SERVICE.full_name}/{m.name}" for m in _SERVICE.methods)
-OPEN_METHODS = frozenset({f"/{_SERVICE.full_name}/Authorize"})
-ADMIN_METHODS = KEY_SERVICE_METHODS - OPEN_METHODS
+AUTHORIZER_RPCS = frozenset({"Authorize"})
 
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8")).digest()
+# Stands for the caller of an open Authorize, which needs no credential.
+ANONYMOUS = Caller("anonymous", Role.AUTHORIZER)
 
 
 def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
@@ -34,44 +31,39 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
-class AdminTokens:
-    def __init__(self, tokens: Iterable[str]) -> None:
-        self._digests = [_digest(t) for t in tokens]
-
-    def accepts(self, token: str | None) -> bool:
-        if token is None:
-            return False
-        presented = _digest(token)
-        # Compare against every digest, so timing does not tell which one matched.
-        matched = False
-        for known in self._digests:
-            matched |= hmac.compare_digest(presented, known)
-        return matched
+def certificate_identities(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
+    """The names a verified client certificate carries: its common name and its SANs."""
+    names = [
+        *auth_context.get("x509_common_name", ()),
+        *auth_context.get("x509_subject_alternative_name", ()),
+    ]
+    return [name.decode("utf-8", "replace") for name in names]
 
 
-async def _unauthenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED,
-        "admin credential required: send 'authorization: Bearer <admin token>' metadata",
-    )
+class Gate:
+    def __init__(self, callers: Callers, *, open_authorize: bool) -> None:
+        self._callers = callers
+        self._open_authorize = open_authorize
 
-
-class AdminCredentialInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: AdminTokens) -> None:
-        self._tokens = tokens
-        self._deny: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
-            _unauthenticated
-        )
-
-    async def intercept_service(
+    def admit(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        if details.method in ADMIN_METHODS and not self._tokens.accepts(
-            bearer_token(details.invocation_metadata)
-        ):
-            return self._deny
-        return await continuation(details)
+        rpc: str,
+        metadata: Iterable[tuple[str, Any]] | None,
+        auth_context: Mapping[str, Iterable[bytes]],
+    ) -> Caller:
+        """The caller making `rpc`; raises Unauthenticated or PermissionDenied if it may not."""
+        if rpc in AUTHORIZER_RPCS and self._open_authorize:
+            return ANONYMOUS
+        caller = self._callers.by_token(bearer_token(metadata))
+        if caller is None:
+            caller = self._callers.by_client_identity(certificate_identities(auth_context))
+        if caller is None:
+            raise Unauthenticated(
+                "credential required: send 'authorization: Bearer <token>' metadata"
+                " or a client certificate keysvc knows"
+            )
+        if rpc not in AUTHORIZER_RPCS and caller.role is not Role.ADMIN:
+            raise PermissionDenied(
+                f"caller {caller.name!r} is an {caller.role.value}: it may call Authorize only"
+            )
+        return caller

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -13,8 +14,10 @@ from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 
 from keysvc import scopes
 from keysvc.api import convert
+from keysvc.api.credentials import Gate
 from keysvc.api.status import status_code
 from keysvc.authorizer import Authorizer
+from keysvc.callers import Caller
 from keysvc.errors import KeysvcError
 from keysvc.service import KeyService
 
@@ -23,16 +26,29 @@ log = logging.getLogger(__name__)
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Context = grpc.aio.ServicerContext[Any, Any]
-Handler = Callable[[Any, Request, Context], Awaitable[Response]]
+Handler = Callable[[Any, Request, "Call"], Awaitable[Response]]
+Method = Callable[[Any, Request, Context], Awaitable[Response]]
 
 
-def _reports_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Turns keysvc errors into their status codes, and anything else into a bare INTERNAL."""
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Who made this RPC and from where, as the audit trail records it."""
+
+    caller: Caller
+    peer: str
+
+
+def _rpc(handler: Handler[Request, Response]) -> Method[Request, Response]:
+    """Admits the caller (see Gate), runs the handler, and turns keysvc errors into their
+    status codes and anything else into a bare INTERNAL."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Request, context: Context) -> Response:
+    async def wrapper(self: KeyServiceServicer, request: Request, context: Context) -> Response:
         try:
-            return await handler(self, request, context)
+            caller = self._gate.admit(
+                handler.__name__, context.invocation_metadata(), context.auth_context()
+            )
+            return await handler(self, request, Call(caller, context.peer()))
         except KeysvcError as err:
             await context.abort(status_code(err), str(err))
         except Exception:
@@ -45,14 +61,13 @@ def _reports_errors(handler: Handler[Request, Response]) -> Handler[Request, Res
 
 
 class KeyServiceServicer(pb_grpc.KeyServiceServicer):
-    def __init__(self, service: KeyService, authorizer: Authorizer) -> None:
+    def __init__(self, service: KeyService, authorizer: Authorizer, gate: Gate) -> None:
         self._service = service
         self._authorizer = authorizer
+        self._gate = gate
 
-    @_reports_errors
-    async def CreateKey(
-        self, request: pb.CreateKeyRequest, context: Context
-    ) -> pb.CreateKeyResponse:
+    @_rpc
+    async def CreateKey(self, request: pb.CreateKeyRequest, call: Call) -> pb.CreateKeyResponse:
         mode = convert.mode_from_pb(request.mode, "mode", required=True)
         assert mode is not None
         created = await self._service.create_key(
@@ -60,12 +75,12 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         )
         return pb.CreateKeyResponse(key=convert.key_to_pb(created.key), secret=created.secret)
 
-    @_reports_errors
-    async def GetKey(self, request: pb.GetKeyRequest, context: Context) -> pb.Key:
+    @_rpc
+    async def GetKey(self, request: pb.GetKeyRequest, call: Call) -> pb.Key:
         return convert.key_to_pb(await self._service.get_key(request.account_id, request.id))
 
-    @_reports_errors
-    async def ListKeys(self, request: pb.ListKeysRequest, context: Context) -> pb.ListKeysResponse:
+    @_rpc
+    async def ListKeys(self, request: pb.ListKeysRequest, call: Call) -> pb.ListKeysResponse:
         page = await self._service.list_keys(
             request.account_id,
             page_size=request.page_size,
@@ -78,14 +93,12 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
             next_page_token=page.next_page_token,
         )
 
-    @_reports_errors
-    async def RevokeKey(self, request: pb.RevokeKeyRequest, context: Context) -> pb.Key:
+    @_rpc
+    async def RevokeKey(self, request: pb.RevokeKeyRequest, call: Call) -> pb.Key:
         return convert.key_to_pb(await self._service.revoke_key(request.account_id, request.id))
 
-    @_reports_errors
-    async def Authorize(
-        self, request: pb.AuthorizeRequest, context: Context
-    ) -> pb.AuthorizeResponse:
+    @_rpc
+    async def Authorize(self, request: pb.AuthorizeRequest, call: Call) -> pb.AuthorizeResponse:
         decision = await self._authorizer.authorize(
             request.api_key,
             request.required_scopes,
@@ -93,10 +106,8 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         )
         return convert.decision_to_pb(decision)
 
-    @_reports_errors
-    async def ListScopes(
-        self, request: pb.ListScopesRequest, context: Context
-    ) -> pb.ListScopesResponse:
+    @_rpc
+    async def ListScopes(self, request: pb.ListScopesRequest, call: Call) -> pb.ListScopesResponse:
         return pb.ListScopesResponse(
             scopes=[pb.Scope(name=n, description=d) for n, d in scopes.CATALOGUE.items()]
         )

@@ -262,7 +262,7 @@ class TestErrors:
         result = server.cli("scopes", env={"KEYSVC_ADMIN_TOKEN": "ksadm_wrong"})
 
         assert result.returncode == 2
-        assert result.stderr.startswith("keysvc: UNAUTHENTICATED: admin credential required")
+        assert result.stderr.startswith("keysvc: UNAUTHENTICATED: credential required")
 
     def test_no_server_listening(self, server: ServerProcess, tmp_path: Path) -> None:
         """An unreachable server is reported as UNAVAILABLE, exit 2, within the timeout."""

@@ -124,7 +124,7 @@ class TestKeyLifecycle:
 
         assert result.returncode != 0
         assert "Unauthenticated" in result.stderr
-        assert "admin credential required" in result.stderr
+        assert "credential required" in result.stderr
 
     def test_authorize_refusals_are_answers_not_errors(self, server: ServerProcess) -> None:
         """A malformed key is a normal grpcurl answer (exit 0) carrying 401 MALFORMED."""

@@ -64,6 +64,11 @@ class KeyServiceStub:
                 request_serializer=keysvc_dot_v1_dot_keysvc__pb2.ListScopesRequest.SerializeToString,
                 response_deserializer=keysvc_dot_v1_dot_keysvc__pb2.ListScopesResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/keysvc.v1.KeyService/ListAuditEvents',
+                request_serializer=keysvc_dot_v1_dot_keysvc__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=keysvc_dot_v1_dot_keysvc__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class KeyServiceServicer:
@@ -114,6 +119,13 @@ class KeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """The account's audit trail: every key creation and revocation, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +158,11 @@ def add_KeyServiceServicer_to_server(servicer, server):
                     servicer.ListScopes,
                     request_deserializer=keysvc_dot_v1_dot_keysvc__pb2.ListScopesRequest.FromString,
                     response_serializer=keysvc_dot_v1_dot_keysvc__pb2.ListScopesResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=keysvc_dot_v1_dot_keysvc__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=keysvc_dot_v1_dot_keysvc__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +327,33 @@ class KeyService:
             '/keysvc.v1.KeyService/ListScopes',
             keysvc_dot_v1_dot_keysvc__pb2.ListScopesRequest.SerializeToString,
             keysvc_dot_v1_dot_keysvc__pb2.ListScopesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keysvc.v1.KeyService/ListAuditEvents',
+            keysvc_dot_v1_dot_keysvc__pb2.ListAuditEventsRequest.SerializeToString,
+            keysvc_dot_v1_dot_keysvc__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

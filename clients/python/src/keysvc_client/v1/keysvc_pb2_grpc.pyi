@@ -53,6 +53,8 @@ class KeyServiceStub:
     """
     ListScopes: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.ListScopesRequest, _keysvc_pb2.ListScopesResponse]
     """The scope catalogue keys can be granted from."""
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.ListAuditEventsRequest, _keysvc_pb2.ListAuditEventsResponse]
+    """The account's audit trail: every key creation and revocation, newest first."""
 
 @_typing.type_check_only
 class KeyServiceAsyncStub(KeyServiceStub):
@@ -74,6 +76,8 @@ class KeyServiceAsyncStub(KeyServiceStub):
     """
     ListScopes: _aio.UnaryUnaryMultiCallable[_keysvc_pb2.ListScopesRequest, _keysvc_pb2.ListScopesResponse]  # type: ignore[assignment]
     """The scope catalogue keys can be granted from."""
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_keysvc_pb2.ListAuditEventsRequest, _keysvc_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """The account's audit trail: every key creation and revocation, newest first."""
 
 class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -128,5 +132,13 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_keysvc_pb2.ListScopesResponse, _abc.Awaitable[_keysvc_pb2.ListScopesResponse]]:
         """The scope catalogue keys can be granted from."""
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _keysvc_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keysvc_pb2.ListAuditEventsResponse, _abc.Awaitable[_keysvc_pb2.ListAuditEventsResponse]]:
+        """The account's audit trail: every key creation and revocation, newest first."""
 
 def add_KeyServiceServicer_to_server(servicer: KeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
