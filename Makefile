@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: install install-dev run migrate test lint typecheck proto proto-check clean
+.PHONY: install install-dev run migrate test lint typecheck proto proto-check clean bench example
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ migrate: install
 
 test: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install-dev
+	$(BIN)/python -m bench
+
+# The example API server (examples/api_server.py) on 127.0.0.1:8000, checking keys with the
+# keysvc at KEYSVC_TARGET (127.0.0.1:50051: start it with `make run`). PORT=8001 or
+# EXAMPLE_ARGS="--port 8001" moves it.
+example: install-dev
+	$(BIN)/python -m examples.api_server $(EXAMPLE_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -4,6 +4,10 @@ The hot path (a key seen before) is parse, checksum, cache look-up, constant-tim
 digest compare and scope check: no SQL, no argon2. The cold path reads the key
 from the store and verifies it with argon2 on the hashing pool, once per key and
 secret however many requests ask at the same time, then fills the cache.
+
+Hostile input stays cheap: a malformed key costs no store or cache access; a key id
+found missing is remembered for a while; a wrong secret is remembered, and a key id
+drawing many wrong secrets is throttled (keysvc.throttle).
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ import asyncio
 import hmac
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
 
 from keysvc import hashing, keys, scopes
 from keysvc.cache import KeyCache
@@ -22,6 +26,7 @@ from keysvc.last_used import LastUsedRecorder
 from keysvc.model import Decision, KeyGrant, Mode, Reason
 from keysvc.service import Clock, utc_now
 from keysvc.store import KeyStore, StoredKey
+from keysvc.throttle import ExpiringSet, FailureThrottle, Throttled
 from keysvc.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -53,7 +58,13 @@ class Authorizer:
         clock: Clock = utc_now,
         rejection_ttl_seconds: float = 60.0,
         rejection_max_entries: int = 100_000,
+        unknown_key_ttl_seconds: float = 60.0,
+        max_failures_per_key_id: int = 10,
+        failure_window_seconds: float = 60.0,
+        throttle_max_key_ids: int = 100_000,
+        throttle_delay_seconds: float = 0.25,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._store = store
         self._cache = cache
@@ -61,13 +72,29 @@ class Authorizer:
         self._workers = workers
         self._recorder = recorder
         self._clock = clock
-        self._monotonic = monotonic
+        self._throttle_delay = throttle_delay_seconds
+        self._sleep = sleep
         self._inflight: dict[_Flight, asyncio.Future[KeyGrant | None]] = {}
         # Key id and digest of secrets that failed verification, so that repeating
         # one costs no argon2 until it expires.
-        self._rejected: OrderedDict[_Flight, float] = OrderedDict()
-        self._rejection_ttl = rejection_ttl_seconds
-        self._rejection_max = rejection_max_entries
+        self._rejected: ExpiringSet[_Flight] = ExpiringSet(
+            ttl_seconds=rejection_ttl_seconds,
+            max_entries=rejection_max_entries,
+            monotonic=monotonic,
+        )
+        # Key ids the store does not have, so that a flood of one costs one store read per
+        # TTL. Ids are drawn at random (71 bits): none is asked for before it exists.
+        self._unknown: ExpiringSet[str] = ExpiringSet(
+            ttl_seconds=unknown_key_ttl_seconds,
+            max_entries=rejection_max_entries,
+            monotonic=monotonic,
+        )
+        self._throttle = FailureThrottle(
+            max_failures=max_failures_per_key_id,
+            window_seconds=failure_window_seconds,
+            max_key_ids=throttle_max_key_ids,
+            monotonic=monotonic,
+        )
 
     async def authorize(
         self,
@@ -82,6 +109,8 @@ class Authorizer:
         parsed = keys.parse(value)
         if parsed is None:
             return Decision(Reason.MALFORMED)
+        if parsed.key_id in self._unknown:
+            return Decision(Reason.NOT_FOUND)
         digest = hashing.digest(parsed.raw)
         try:
             grant = await self._cache.get(parsed.key_id)
@@ -91,12 +120,31 @@ class Authorizer:
         if grant is not None and grant.digest is not None:
             if not hmac.compare_digest(grant.digest, digest):
                 # The cached digest was proven by argon2: any other secret is wrong.
-                return Decision(Reason.NOT_FOUND)
+                return await self._wrong_secret(parsed.key_id, digest)
+            # Should the cache let the key go, guesses at it will not lock it out here.
+            self._throttle.prove(parsed.key_id, digest)
             return self._decide(grant, required, required_mode)
         grant = await self._verify_cold(parsed, digest)
         if grant is None:
+            await self._slow_down_guesses(parsed.key_id, digest)
             return Decision(Reason.NOT_FOUND)
         return self._decide(grant, required, required_mode)
+
+    async def _wrong_secret(self, key_id: str, digest: bytes) -> Decision:
+        """A wrong secret for a cached key: counted against the key id like a failed argon2."""
+        if self._throttle.admit(key_id, digest):
+            throttled = self._throttle.failed(key_id)
+            if throttled is not None:
+                self._warn(throttled)
+        await self._slow_down_guesses(key_id, digest)
+        return Decision(Reason.NOT_FOUND)
+
+    async def _slow_down_guesses(self, key_id: str, digest: bytes) -> None:
+        # Past the limit, refusals come late: the answer is the same, but a guesser waiting
+        # on them stops taking the replica's time from everyone else's requests. The real
+        # secret is never delayed (its digest is proven), nor is a key id without guesses.
+        if self._throttle.refuses(key_id, digest):
+            await self._sleep(self._throttle_delay)
 
     def _decide(
         self, grant: KeyGrant, required: frozenset[str], required_mode: Mode | None
@@ -114,7 +162,7 @@ class Authorizer:
 
     async def _verify_cold(self, parsed: keys.ParsedKey, digest: bytes) -> KeyGrant | None:
         flight = (parsed.key_id, digest)
-        if self._recently_rejected(flight):
+        if flight in self._rejected or self._throttle.refuses(parsed.key_id, digest):
             return None
         future = self._inflight.get(flight)
         if future is None:
@@ -128,13 +176,23 @@ class Authorizer:
         # The epoch is read before the store: see KeyCache.fill.
         epoch = await self._epoch()
         stored = await self._workers.db(self._store.find, parsed.key_id)
-        if stored is None or stored.key.mode is not parsed.mode:
-            self._reject((parsed.key_id, digest))
+        if stored is None:
+            self._unknown.add(parsed.key_id)
             return None
-        valid = await self._workers.hashing(self._verifier.verify, stored.verifier, parsed.raw)
+        if not self._throttle.admit(parsed.key_id, digest):
+            # Not remembered as rejected: it was refused unchecked, and may be the real key.
+            return None
+        # A key of the other mode is not the key presented: a wrong secret, minus argon2.
+        valid = stored.key.mode is parsed.mode and await self._workers.hashing(
+            self._verifier.verify, stored.verifier, parsed.raw
+        )
         if not valid:
-            self._reject((parsed.key_id, digest))
+            self._rejected.add((parsed.key_id, digest))
+            throttled = self._throttle.failed(parsed.key_id)
+            if throttled is not None:
+                self._warn(throttled)
             return None
+        self._throttle.succeeded(parsed.key_id, digest)
         if self._verifier.needs_rehash(stored.verifier):
             await self._rehash(stored, parsed.raw)
         for _attempt in range(_FILL_ATTEMPTS):
@@ -180,17 +238,14 @@ class Authorizer:
             return
         log.info("key %s verifier rehashed with current argon2 parameters", stored.key.id)
 
-    def _recently_rejected(self, flight: _Flight) -> bool:
-        expires = self._rejected.get(flight)
-        if expires is None:
-            return False
-        if expires <= self._monotonic():
-            del self._rejected[flight]
-            return False
-        return True
-
-    def _reject(self, flight: _Flight) -> None:
-        self._rejected[flight] = self._monotonic() + self._rejection_ttl
-        self._rejected.move_to_end(flight)
-        while len(self._rejected) > self._rejection_max:
-            self._rejected.popitem(last=False)
+    def _warn(self, throttled: Throttled) -> None:
+        # Once per key id and window, never per attempt, and never with the secret.
+        until = self._clock() + timedelta(seconds=throttled.remaining_seconds)
+        log.warning(
+            "key id %s: %d wrong secrets in the last %.0fs;"
+            " refusing further unverified secrets until %s",
+            throttled.key_id,
+            throttled.failures,
+            throttled.window_seconds,
+            until.strftime("%Y-%m-%d %H:%M:%SZ"),
+        )

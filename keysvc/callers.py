@@ -75,13 +75,16 @@ class Callers:
         entry = _Entry(Caller(name, role), token_digest=token_digest(token))
         return Callers([*self._entries, entry])
 
+    def count(self, role: Role) -> int:
+        return sum(1 for e in self._entries if e.caller.role is role)
+
     @property
     def has_admins(self) -> bool:
-        return any(e.caller.role is Role.ADMIN for e in self._entries)
+        return self.count(Role.ADMIN) > 0
 
     @property
     def has_authorizers(self) -> bool:
-        return any(e.caller.role is Role.AUTHORIZER for e in self._entries)
+        return self.count(Role.AUTHORIZER) > 0
 
     @property
     def uses_client_certificates(self) -> bool:
@@ -111,20 +114,61 @@ class Callers:
     @classmethod
     def load(cls, path: Path) -> Callers:
         try:
-            document = tomllib.loads(path.read_text())
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as err:
             raise CallersError(f"cannot read callers file {path}: {err.strerror}") from err
+        except UnicodeDecodeError as err:
+            raise CallersError(f"callers file {path} is not UTF-8 text: {err.reason}") from err
         except tomllib.TOMLDecodeError as err:
             raise CallersError(f"callers file {path} is not valid TOML: {err}") from err
-        entries = []
-        names: set[str] = set()
-        for number, item in enumerate(document.get("callers", []), start=1):
+        # A misspelt table ([[caller]]) would otherwise leave keysvc with no callers at all.
+        unknown = set(document) - {"callers"}
+        if unknown:
+            raise CallersError(
+                f"callers file {path}: unknown table(s) {', '.join(sorted(unknown))};"
+                " each caller is a [[callers]] table"
+            )
+        items = document.get("callers", [])
+        if not isinstance(items, list):
+            raise CallersError(f"callers file {path}: each caller is a [[callers]] table")
+        entries: list[_Entry] = []
+        for number, item in enumerate(items, start=1):
             where = f"{path}: caller {number}"
-            entries.append(_entry(item, where))
-            if entries[-1].caller.name in names:
-                raise CallersError(f"{where}: name {entries[-1].caller.name!r} is used twice")
-            names.add(entries[-1].caller.name)
+            entry = _entry(item, where)
+            _refuse_clash(entry, entries, where)
+            entries.append(entry)
         return cls(entries)
+
+
+def entry_toml(name: str, role: Role, token: str) -> str:
+    """The callers-file table for a caller holding `token`: its digest, never the token."""
+    if not _NAME.fullmatch(name):
+        raise CallersError("name must be 1 to 100 letters, digits or _.:@-")
+    return (
+        "[[callers]]\n"
+        f'name = "{name}"\n'
+        f'role = "{role.value}"\n'
+        f'token_sha256 = "{token_digest(token).hex()}"\n'
+    )
+
+
+def _refuse_clash(entry: _Entry, earlier: list[_Entry], where: str) -> None:
+    """One name, token or certificate identity per caller: a shared one would make the
+    caller (and so its role) depend on the order of the file."""
+    name = entry.caller.name
+    for other in earlier:
+        if other.caller.name == name:
+            raise CallersError(f"{where}: name {name!r} is used twice")
+        if entry.token_digest is not None and entry.token_digest == other.token_digest:
+            raise CallersError(
+                f"{where} ({name}): token_sha256 is also {other.caller.name!r}'s;"
+                " give each caller a token of its own"
+            )
+        if entry.client_identity is not None and entry.client_identity == other.client_identity:
+            raise CallersError(
+                f"{where} ({name}): client_identity {entry.client_identity!r} is also"
+                f" {other.caller.name!r}'s"
+            )
 
 
 def _entry(item: object, where: str) -> _Entry:

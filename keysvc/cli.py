@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from keysvc import cli_admin, config
+from keysvc import cli_admin, cli_callers, config
 from keysvc.errors import StartupError
 
 
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_migrate)
 
     cli_admin.add_commands(commands)
+    cli_callers.add_commands(commands)
     return parser
 
 
@@ -64,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Output piped into `head` ends quietly, as other command-line tools do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
-    if args.command in ("serve", "migrate"):
+    # These work locally; the others talk to a server and share its error handling.
+    if args.command in ("serve", "migrate", "callers"):
         status: int = args.run(args)
         return status
     return cli_admin.run(args.run, args)

@@ -1,4 +1,5 @@
-"""`keysvc keys ...`, `keysvc authorize`, `keysvc scopes`: commands over the generated client.
+"""`keysvc keys ...`, `keysvc audit list`, `keysvc authorize`, `keysvc scopes`: commands over
+the generated client.
 
 They talk to a running server, never to the database.
 """
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -42,25 +44,62 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    tls = parser.add_argument_group("TLS (plaintext unless one of these is given)")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        default=os.environ.get("KEYSVC_TLS", "").lower() in ("1", "true", "yes"),
+        help="connect with TLS, trusting the system's CAs ($KEYSVC_TLS)",
+    )
+    for flag, variable, text in (
+        ("--tls-ca", "KEYSVC_TLS_CA", "PEM CA that signed the server's certificate"),
+        ("--tls-cert", "KEYSVC_TLS_CLIENT_CERT", "PEM client certificate, for mutual TLS"),
+        ("--tls-key", "KEYSVC_TLS_CLIENT_KEY", "PEM private key of --tls-cert"),
+    ):
+        value = os.environ.get(variable)
+        tls.add_argument(
+            flag, type=Path, default=Path(value) if value else None, help=f"{text} (${variable})"
+        )
+    tls.add_argument(
+        "--tls-server-name",
+        default=os.environ.get("KEYSVC_TLS_SERVER_NAME") or None,
+        help="name the server's certificate holds, if not the target's host"
+        " ($KEYSVC_TLS_SERVER_NAME)",
+    )
 
 
-def _admin_token(args: argparse.Namespace) -> str:
-    token = os.environ.get("KEYSVC_ADMIN_TOKEN")
-    if token:
-        return token
+def _token(args: argparse.Namespace, *, required: bool) -> str | None:
+    """The CLI's credential: $KEYSVC_TOKEN, else $KEYSVC_ADMIN_TOKEN, else the admin-token
+    file of the server's data directory. None only when not `required` and there is none."""
+    for variable in ("KEYSVC_TOKEN", "KEYSVC_ADMIN_TOKEN"):
+        token = os.environ.get(variable)
+        if token:
+            return token
     path = args.data_dir / config.ADMIN_TOKEN_FILE
+    if not required and not os.path.exists(path):
+        return None
     try:
         return admin_token.read(path)
     except admin_token.AdminTokenError as err:
         raise CommandError(
-            f"{err}; set $KEYSVC_ADMIN_TOKEN, or run where the server's data directory is"
-            " (--data-dir)"
+            f"{err}; set $KEYSVC_TOKEN (or $KEYSVC_ADMIN_TOKEN), or run where the server's"
+            " data directory is (--data-dir)"
         ) from err
 
 
 def _client(args: argparse.Namespace, *, admin: bool = True) -> KeyServiceClient:
+    """A client of --target; `admin` commands fail here when there is no credential at all
+    (a client certificate may be one: then the server decides)."""
+    files = (args.tls_ca, args.tls_cert, args.tls_key)
     return KeyServiceClient(
-        args.target, admin_token=_admin_token(args) if admin else None, timeout=args.timeout
+        args.target,
+        admin_token=_token(args, required=admin and args.tls_cert is None),
+        timeout=args.timeout,
+        credentials=grpc.ssl_channel_credentials() if args.tls and files == (None,) * 3 else None,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
     )
 
 
@@ -208,6 +247,26 @@ def _scopes(args: argparse.Namespace) -> int:
     return 0
 
 
+AUDIT_COLUMNS = ("TIME", "ACTION", "KEY ID", "ACTOR", "PEER")
+
+
+def _audit_row(event: keysvc_pb2.AuditEvent) -> tuple[str, ...]:
+    action = keysvc_pb2.AuditAction.Name(event.action).removeprefix("AUDIT_ACTION_").lower()
+    return (_time(event.occurred_at, "-"), action, event.key_id, event.actor, event.peer)
+
+
+def _audit_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        events = list(client.iter_audit_events(args.account, page_size=args.page_size))
+    if args.json:
+        _print_json([_as_dict(event) for event in events])
+    elif events:
+        _print_table(AUDIT_COLUMNS, [_audit_row(event) for event in events])
+    else:
+        print(f"No audit events in account {args.account}.")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = commands.add_parser("keys", help="create, list, get and revoke keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
@@ -237,6 +296,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         command.add_argument("id", help="key id (the ID column of `keysvc keys list`)")
         command.set_defaults(run=run)
 
+    audit = commands.add_parser("audit", help="who created and revoked keys, when, from where")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    audit_list = audit_commands.add_parser(
+        "list", help="an account's key creations and revocations, newest first"
+    )
+    audit_list.add_argument("--account", required=True, help="account id")
+    audit_list.add_argument("--page-size", type=int, default=100, help="events fetched per call")
+    audit_list.set_defaults(run=_audit_list)
+
     authorize = commands.add_parser(
         "authorize", help="ask keysvc whether a key may make a request (exit 0 if allowed)"
     )
@@ -250,7 +318,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     scopes = commands.add_parser("scopes", help="list the scopes keys can be granted")
     scopes.set_defaults(run=_scopes)
 
-    for parser in (create, listing, *key_commands.choices.values(), authorize, scopes):
+    for parser in (create, listing, *key_commands.choices.values(), audit_list, authorize, scopes):
         if not any(a.dest == "target" for a in parser._actions):
             add_client_options(parser)
 

@@ -1,4 +1,5 @@
-"""The domain's values: keys as the product shows them, and authorization decisions."""
+"""The domain's values: keys as the product shows them, authorization decisions, and the
+audit trail of who changed which key."""
 
 from __future__ import annotations
 
@@ -47,6 +48,38 @@ class CreatedKey:
 @dataclass(frozen=True, slots=True)
 class KeyPage:
     keys: list[ApiKey]
+    next_page_token: str
+
+
+class AuditAction(enum.Enum):
+    KEY_CREATED = "key_created"
+    KEY_REVOKED = "key_revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for a change and from where: a caller's name and its network peer."""
+
+    name: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One entry of an account's audit trail: a key created or revoked, by whom, when."""
+
+    id: str
+    account_id: str
+    action: AuditAction
+    key_id: str
+    actor: str
+    peer: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    events: list[AuditEvent]
     next_page_token: str
 
 

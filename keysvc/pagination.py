@@ -1,4 +1,5 @@
-"""Page tokens for ListKeys: an opaque, URL-safe encoding of the last key on the page."""
+"""Page tokens for the newest-first lists (ListKeys, ListAuditEvents): an opaque, URL-safe
+encoding of the position of the last item on the page, naming the list it belongs to."""
 
 from __future__ import annotations
 
@@ -8,31 +9,41 @@ import json
 from datetime import UTC, datetime
 
 from keysvc.errors import InvalidArgument
-from keysvc.model import ApiKey
 from keysvc.store import Cursor
+
+KEYS = "ListKeys"
+AUDIT_EVENTS = "ListAuditEvents"
 
 _MAX_TOKEN_LENGTH = 256
 
 
-def encode(last: ApiKey) -> str:
-    payload = json.dumps({"t": last.created_at.isoformat(), "i": last.id}, separators=(",", ":"))
+def encode(position: Cursor, listing: str) -> str:
+    payload = json.dumps(
+        {"l": listing, "t": position.at.isoformat(), "i": position.id}, separators=(",", ":")
+    )
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
-def decode(token: str) -> Cursor | None:
+def decode(token: str, listing: str) -> Cursor | None:
+    """The position `token` names in `listing`; InvalidArgument if it is not one of its tokens."""
     if not token:
         return None
     try:
-        # Ours are under 100 characters; a longer one could only be crafted (deep JSON).
+        # Ours are around 100 characters; a longer one could only be crafted (deep JSON).
         if len(token) > _MAX_TOKEN_LENGTH:
             raise ValueError("too long")
         padded = token + "=" * (-len(token) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        created_at = datetime.fromisoformat(payload["t"])
-        key_id = payload["i"]
-        if created_at.tzinfo is None or not isinstance(key_id, str):
+        if not isinstance(payload, dict):
+            raise ValueError("not a cursor")
+        # Tokens made before there was more than one list name none: they are ListKeys'.
+        if payload.get("l", KEYS) != listing:
+            raise ValueError("another list's token")
+        at = datetime.fromisoformat(payload["t"])
+        item_id = payload["i"]
+        if at.tzinfo is None or not isinstance(item_id, str):
             raise ValueError("incomplete cursor")
-        created_at = created_at.astimezone(UTC)
+        at = at.astimezone(UTC)
     except (
         ValueError,
         KeyError,
@@ -43,6 +54,6 @@ def decode(token: str) -> Cursor | None:
         RecursionError,
     ) as err:
         raise InvalidArgument(
-            "page_token: not a token from ListKeys; pass next_page_token unchanged"
+            f"page_token: not a token from {listing}; pass next_page_token unchanged"
         ) from err
-    return Cursor(created_at=created_at, key_id=key_id)
+    return Cursor(at=at, id=item_id)

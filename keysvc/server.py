@@ -171,7 +171,8 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         else:
             port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as err:
-        raise StartupError(f"cannot listen on {settings.listen}: {err}") from err
+        hint = "" if credentials is None else " (are --tls-cert and --tls-key a matching pair?)"
+        raise StartupError(f"cannot listen on {settings.listen}{hint}: {err}") from err
     host = settings.listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
     await server.start()

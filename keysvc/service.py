@@ -1,4 +1,5 @@
-"""The admin use cases: create, get, list and revoke keys. Knows nothing of gRPC."""
+"""The admin use cases: create, get, list and revoke keys, and read the audit trail of who
+created and revoked them. Knows nothing of gRPC."""
 
 from __future__ import annotations
 
@@ -9,8 +10,17 @@ from datetime import UTC, datetime
 from keysvc import hashing, keys, pagination, scopes, validation
 from keysvc.cache import KeyCache
 from keysvc.errors import NotFound, Unavailable
-from keysvc.model import ApiKey, CreatedKey, KeyGrant, KeyPage, KeyStatus, Mode
-from keysvc.store import KeyIdTaken, KeyStore
+from keysvc.model import (
+    Actor,
+    ApiKey,
+    AuditPage,
+    CreatedKey,
+    KeyGrant,
+    KeyPage,
+    KeyStatus,
+    Mode,
+)
+from keysvc.store import Cursor, KeyIdTaken, KeyStore
 from keysvc.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -40,8 +50,14 @@ class KeyService:
         self._unconfirmed: dict[str, KeyGrant] = {}
 
     async def create_key(
-        self, account_id: str, name: str, mode: Mode, requested_scopes: Iterable[str]
+        self,
+        account_id: str,
+        name: str,
+        mode: Mode,
+        requested_scopes: Iterable[str],
+        actor: Actor,
     ) -> CreatedKey:
+        """Creates a key, recording in the same transaction that `actor` created it."""
         account_id = validation.account_id(account_id)
         name = validation.name(name)
         granted = scopes.grantable(requested_scopes)
@@ -59,15 +75,16 @@ class KeyService:
             )
             verifier = await self._workers.hashing(self._verifier.hash, secret)
             try:
-                await self._workers.db(self._store.insert, key, verifier)
+                await self._workers.db(self._store.insert, key, verifier, actor)
             except KeyIdTaken:
                 continue
             log.info(
-                "key created id=%s account=%s mode=%s scopes=%s",
+                "key created id=%s account=%s mode=%s scopes=%s by=%s",
                 key.id,
                 account_id,
                 mode.value,
                 ",".join(granted),
+                actor.name,
             )
             await self._warm_cache(key, secret)
             return CreatedKey(key=key, secret=secret)
@@ -107,20 +124,40 @@ class KeyService:
     ) -> KeyPage:
         account_id = validation.account_id(account_id)
         limit = validation.page_size(page_size)
-        after = pagination.decode(page_token)
+        after = pagination.decode(page_token, pagination.KEYS)
         # One extra row tells whether another page follows.
         rows = await self._workers.db(
             self._store.list, account_id, limit=limit + 1, after=after, mode=mode, status=status
         )
         page = rows[:limit]
-        token = pagination.encode(page[-1]) if len(rows) > limit else ""
+        token = ""
+        if len(rows) > limit:
+            token = pagination.encode(Cursor(page[-1].created_at, page[-1].id), pagination.KEYS)
         return KeyPage(keys=page, next_page_token=token)
 
-    async def revoke_key(self, account_id: str, key_id: str) -> ApiKey:
-        """Revokes for good. Returns only once no cached copy can authorize the key."""
+    async def list_audit_events(
+        self, account_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> AuditPage:
+        """The account's key creations and revocations, newest first, revoked keys' included."""
+        account_id = validation.account_id(account_id)
+        limit = validation.page_size(page_size)
+        after = pagination.decode(page_token, pagination.AUDIT_EVENTS)
+        rows = await self._workers.db(
+            self._store.list_audit_events, account_id, limit=limit + 1, after=after
+        )
+        page = rows[:limit]
+        token = ""
+        if len(rows) > limit:
+            last = Cursor(page[-1].occurred_at, page[-1].id)
+            token = pagination.encode(last, pagination.AUDIT_EVENTS)
+        return AuditPage(events=page, next_page_token=token)
+
+    async def revoke_key(self, account_id: str, key_id: str, actor: Actor) -> ApiKey:
+        """Revokes for good, recording that `actor` did if the key was still active. Returns
+        only once no cached copy can authorize the key."""
         account_id = validation.account_id(account_id)
         key_id = validation.key_id(key_id)
-        key = await self._workers.db(self._store.revoke, account_id, key_id, self._clock())
+        key = await self._workers.db(self._store.revoke, account_id, key_id, self._clock(), actor)
         if key is None:
             raise NotFound(f"no key {key_id} in account {account_id}")
         marker = KeyGrant(
@@ -144,7 +181,7 @@ class KeyService:
                 " invalidated yet; retry RevokeKey"
             ) from err
         self._unconfirmed.pop(key.id, None)
-        log.info("key revoked id=%s account=%s", key.id, account_id)
+        log.info("key revoked id=%s account=%s by=%s", key.id, account_id, actor.name)
         return key
 
     async def retry_revocations(self) -> None:

@@ -11,6 +11,7 @@ with the reason, except under CI (CI=true), where they fail instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -176,34 +177,52 @@ class PrivatePostgres(_Process):
 
     def pause(self) -> None:
         # SIGSTOP to every backend too, or connections already open would carry on.
-        for pid in self._pids():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal_all(signal.SIGSTOP)
 
     def resume(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: signal.Signals) -> None:
         for pid in self._pids():
-            os.kill(pid, signal.SIGCONT)
+            # A backend may exit between being listed and being signalled.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def _pids(self) -> list[int]:
-        """The postmaster and its backends: the Popen is runuser's, not postgres's."""
-        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        children = subprocess.run(
-            ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
-        ).stdout.split()
-        return [postmaster, *(int(pid) for pid in children)]
+        """The postmaster and its backends: every process working in the data directory.
+
+        (The Popen is runuser's, not postgres's; and PostgreSQL's processes all chdir
+        to their data directory.)
+        """
+        target = os.path.realpath(self.data)
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.readlink(entry / "cwd") == target:
+                        found.append(int(entry.name))
+                except OSError:
+                    continue  # gone meanwhile, or a zombie: it holds nothing any more
+        return found
 
     def kill(self) -> None:
+        """SIGKILL to PostgreSQL, returning once none of its processes is left.
+
+        A backend forked while the others are being killed would keep the old shared
+        memory attached and stop the next start: kill until there is none.
+        """
         if self.process is None:
             return
-        try:
-            pids = self._pids()
-        except (OSError, ValueError):
-            pids = []
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+
+        def all_gone() -> bool:
+            left = self._pids()
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
+            return not left
+
+        wait_for(all_gone, timeout=START_TIMEOUT, what="the killed PostgreSQL's processes")
         self.process.kill()
         self.process.wait(timeout=START_TIMEOUT)
         self.process = None

@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from keysvc_client.v1 import keysvc_pb2 as pb
 
 from keysvc.errors import InvalidArgument
-from keysvc.model import ApiKey, Decision, KeyStatus, Mode, Reason
+from keysvc.model import ApiKey, AuditAction, AuditEvent, Decision, KeyStatus, Mode, Reason
 
 _MODES: dict[Mode, pb.Mode.ValueType] = {Mode.LIVE: pb.MODE_LIVE, Mode.TEST: pb.MODE_TEST}
 _MODES_FROM_PB = {value: mode for mode, value in _MODES.items()}
@@ -17,6 +17,10 @@ _STATUSES: dict[KeyStatus, pb.KeyStatus.ValueType] = {
     KeyStatus.REVOKED: pb.KEY_STATUS_REVOKED,
 }
 _STATUSES_FROM_PB = {value: status for status, value in _STATUSES.items()}
+_AUDIT_ACTIONS = {
+    AuditAction.KEY_CREATED: pb.AUDIT_ACTION_KEY_CREATED,
+    AuditAction.KEY_REVOKED: pb.AUDIT_ACTION_KEY_REVOKED,
+}
 _REASONS = {
     Reason.ALLOWED: pb.REASON_ALLOWED,
     Reason.MISSING: pb.REASON_MISSING,
@@ -85,3 +89,15 @@ def decision_to_pb(decision: Decision) -> pb.AuthorizeResponse:
         response.mode = _MODES[grant.mode]
         response.scopes.extend(sorted(grant.scopes))
     return response
+
+
+def audit_event_to_pb(event: AuditEvent) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        id=event.id,
+        account_id=event.account_id,
+        action=_AUDIT_ACTIONS[event.action],
+        key_id=event.key_id,
+        actor=event.actor,
+        peer=event.peer,
+        occurred_at=_timestamp(event.occurred_at),
+    )

@@ -10,7 +10,7 @@ default. Health and reflection are other services and stay open.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from keysvc.callers import Caller, Callers, Role
@@ -48,15 +48,19 @@ class Gate:
     def admit(
         self,
         rpc: str,
-        metadata: Iterable[tuple[str, Any]] | None,
-        auth_context: Mapping[str, Iterable[bytes]],
+        metadata: Callable[[], Iterable[tuple[str, Any]] | None],
+        auth_context: Callable[[], Mapping[str, Iterable[bytes]]],
     ) -> Caller:
-        """The caller making `rpc`; raises Unauthenticated or PermissionDenied if it may not."""
+        """The caller making `rpc`; raises Unauthenticated or PermissionDenied if it may not.
+
+        The credentials are fetched only when needed: an open Authorize, on the hot
+        path, reads neither.
+        """
         if rpc in AUTHORIZER_RPCS and self._open_authorize:
             return ANONYMOUS
-        caller = self._callers.by_token(bearer_token(metadata))
+        caller = self._callers.by_token(bearer_token(metadata()))
         if caller is None:
-            caller = self._callers.by_client_identity(certificate_identities(auth_context))
+            caller = self._callers.by_client_identity(certificate_identities(auth_context()))
         if caller is None:
             raise Unauthenticated(
                 "credential required: send 'authorization: Bearer <token>' metadata"

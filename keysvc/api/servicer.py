@@ -19,6 +19,7 @@ from keysvc.api.status import status_code
 from keysvc.authorizer import Authorizer
 from keysvc.callers import Caller
 from keysvc.errors import KeysvcError
+from keysvc.model import Actor
 from keysvc.service import KeyService
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,12 @@ class Call:
     """Who made this RPC and from where, as the audit trail records it."""
 
     caller: Caller
-    peer: str
+    context: Context
+
+    @property
+    def actor(self) -> Actor:
+        # The peer is asked for only here: Authorize, on the hot path, never needs it.
+        return Actor(self.caller.name, self.context.peer())
 
 
 def _rpc(handler: Handler[Request, Response]) -> Method[Request, Response]:
@@ -46,9 +52,9 @@ def _rpc(handler: Handler[Request, Response]) -> Method[Request, Response]:
     async def wrapper(self: KeyServiceServicer, request: Request, context: Context) -> Response:
         try:
             caller = self._gate.admit(
-                handler.__name__, context.invocation_metadata(), context.auth_context()
+                handler.__name__, context.invocation_metadata, context.auth_context
             )
-            return await handler(self, request, Call(caller, context.peer()))
+            return await handler(self, request, Call(caller, context))
         except KeysvcError as err:
             await context.abort(status_code(err), str(err))
         except Exception:
@@ -71,7 +77,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         mode = convert.mode_from_pb(request.mode, "mode", required=True)
         assert mode is not None
         created = await self._service.create_key(
-            request.account_id, request.name, mode, request.scopes
+            request.account_id, request.name, mode, request.scopes, call.actor
         )
         return pb.CreateKeyResponse(key=convert.key_to_pb(created.key), secret=created.secret)
 
@@ -95,7 +101,8 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
 
     @_rpc
     async def RevokeKey(self, request: pb.RevokeKeyRequest, call: Call) -> pb.Key:
-        return convert.key_to_pb(await self._service.revoke_key(request.account_id, request.id))
+        revoked = await self._service.revoke_key(request.account_id, request.id, call.actor)
+        return convert.key_to_pb(revoked)
 
     @_rpc
     async def Authorize(self, request: pb.AuthorizeRequest, call: Call) -> pb.AuthorizeResponse:
@@ -110,4 +117,16 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
     async def ListScopes(self, request: pb.ListScopesRequest, call: Call) -> pb.ListScopesResponse:
         return pb.ListScopesResponse(
             scopes=[pb.Scope(name=n, description=d) for n, d in scopes.CATALOGUE.items()]
+        )
+
+    @_rpc
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, call: Call
+    ) -> pb.ListAuditEventsResponse:
+        page = await self._service.list_audit_events(
+            request.account_id, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListAuditEventsResponse(
+            events=[convert.audit_event_to_pb(event) for event in page.events],
+            next_page_token=page.next_page_token,
         )

@@ -1,4 +1,4 @@
-"""Where keys live: the KeyStore interface the use cases depend on.
+"""Where keys and their audit trail live: the KeyStore interface the use cases depend on.
 
 Implementations are synchronous; the service runs them on a worker pool so that
 the event loop never waits on the database.
@@ -6,12 +6,13 @@ the event loop never waits on the database.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from keysvc.model import ApiKey, KeyStatus, Mode
+from keysvc.model import Actor, ApiKey, AuditEvent, KeyStatus, Mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +25,11 @@ class StoredKey:
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """Position in an account's newest-first key list: the last key already returned."""
+    """Position in a newest-first list: the time and id of the last item already returned
+    (a key's created_at and id, or an audit event's occurred_at and id)."""
 
-    created_at: datetime
-    key_id: str
+    at: datetime
+    id: str
 
 
 class KeyIdTaken(Exception):
@@ -35,8 +37,9 @@ class KeyIdTaken(Exception):
 
 
 class KeyStore(Protocol):
-    def insert(self, key: ApiKey, verifier: str) -> None:
-        """Stores a new key in one transaction; raises KeyIdTaken on an id collision."""
+    def insert(self, key: ApiKey, verifier: str, actor: Actor) -> None:
+        """Stores a new key and its key_created event, by `actor` at the key's created_at,
+        in one transaction; raises KeyIdTaken on an id collision."""
 
     def get(self, account_id: str, key_id: str) -> ApiKey | None: ...
 
@@ -51,8 +54,14 @@ class KeyStore(Protocol):
     ) -> list[ApiKey]:
         """The account's keys newest first, starting after `after`."""
 
-    def revoke(self, account_id: str, key_id: str, at: datetime) -> ApiKey | None:
-        """Marks the key revoked at `at` unless it already is; returns it as stored."""
+    def revoke(self, account_id: str, key_id: str, at: datetime, actor: Actor) -> ApiKey | None:
+        """Marks the key revoked at `at` unless it already is, and only then records its
+        key_revoked event by `actor`, in the same transaction; returns the key as stored."""
+
+    def list_audit_events(
+        self, account_id: str, *, limit: int, after: Cursor | None
+    ) -> builtins.list[AuditEvent]:
+        """The account's audit events newest first, starting after `after`."""
 
     def find(self, key_id: str) -> StoredKey | None:
         """The key with this id in any account, for verifying a presented key."""

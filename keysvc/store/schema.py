@@ -46,3 +46,17 @@ api_keys = sa.Table(
     sa.Column("last_used_at", UTCDateTime(), nullable=True),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
 )
+
+# Append-only: the database's own triggers refuse UPDATE and DELETE (see migration 0002).
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    # As gRPC names it; a transport detail keysvc does not bound.
+    sa.Column("peer", sa.Text(), nullable=False),
+    sa.Column("occurred_at", UTCDateTime(), nullable=False),
+)

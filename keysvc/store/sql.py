@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
+import secrets
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -12,11 +14,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from keysvc import deadline
+from keysvc import deadline, keys
 from keysvc.errors import Unavailable
-from keysvc.model import ApiKey, KeyStatus, Mode
+from keysvc.model import Actor, ApiKey, AuditAction, AuditEvent, KeyStatus, Mode
 from keysvc.store import Cursor, KeyIdTaken, StoredKey
-from keysvc.store.schema import api_keys
+from keysvc.store.schema import api_keys, audit_events
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,46 @@ def _row_to_key(row: sa.Row[Any]) -> ApiKey:
 
 _PUBLIC_COLUMNS = [c for c in api_keys.c if c.name != "verifier"]
 
+EVENT_ID_LENGTH = 16
+
+
+def _new_event_id() -> str:
+    # 95 random bits: public, unguessable, and never colliding in practice.
+    return "".join(secrets.choice(keys.ALPHABET) for _ in range(EVENT_ID_LENGTH))
+
+
+def _record(
+    conn: Connection,
+    action: AuditAction,
+    account_id: str,
+    key_id: str,
+    actor: Actor,
+    at: datetime,
+) -> None:
+    conn.execute(
+        audit_events.insert().values(
+            id=_new_event_id(),
+            account_id=account_id,
+            action=action.value,
+            key_id=key_id,
+            actor=actor.name,
+            peer=actor.peer,
+            occurred_at=at,
+        )
+    )
+
+
+def _row_to_event(row: sa.Row[Any]) -> AuditEvent:
+    return AuditEvent(
+        id=row.id,
+        account_id=row.account_id,
+        action=AuditAction(row.action),
+        key_id=row.key_id,
+        actor=row.actor,
+        peer=row.peer,
+        occurred_at=row.occurred_at,
+    )
+
 
 class SqlKeyStore:
     def __init__(self, engine: Engine) -> None:
@@ -88,7 +130,7 @@ class SqlKeyStore:
             log.warning("database unavailable: %s", type(err.orig or err).__name__)
             raise Unavailable("database unavailable") from err
 
-    def insert(self, key: ApiKey, verifier: str) -> None:
+    def insert(self, key: ApiKey, verifier: str, actor: Actor) -> None:
         try:
             with self._transaction() as conn:
                 conn.execute(
@@ -103,7 +145,11 @@ class SqlKeyStore:
                         created_at=key.created_at,
                     )
                 )
+                _record(
+                    conn, AuditAction.KEY_CREATED, key.account_id, key.id, actor, key.created_at
+                )
         except sa.exc.IntegrityError as err:
+            # Or, rarer still, the event's id: either way, new ids make the next attempt.
             raise KeyIdTaken(key.id) from err
 
     def get(self, account_id: str, key_id: str) -> ApiKey | None:
@@ -134,25 +180,42 @@ class SqlKeyStore:
         if after is not None:
             query = query.where(
                 sa.or_(
-                    api_keys.c.created_at < after.created_at,
-                    sa.and_(
-                        api_keys.c.created_at == after.created_at, api_keys.c.id < after.key_id
-                    ),
+                    api_keys.c.created_at < after.at,
+                    sa.and_(api_keys.c.created_at == after.at, api_keys.c.id < after.id),
                 )
             )
         query = query.order_by(api_keys.c.created_at.desc(), api_keys.c.id.desc()).limit(limit)
         with self._transaction() as conn:
             return [_row_to_key(row) for row in conn.execute(query)]
 
-    def revoke(self, account_id: str, key_id: str, at: datetime) -> ApiKey | None:
+    def revoke(self, account_id: str, key_id: str, at: datetime, actor: Actor) -> ApiKey | None:
         mine = sa.and_(api_keys.c.id == key_id, api_keys.c.account_id == account_id)
         with self._transaction() as conn:
-            # Only the first revocation sets revoked_at; later ones leave it as it is.
-            conn.execute(
+            # Only the first revocation sets revoked_at, and only it is recorded. A concurrent
+            # second one waits for the first (PostgreSQL's row lock, SQLite's single writer),
+            # then matches no row.
+            changed = conn.execute(
                 api_keys.update().where(mine, api_keys.c.revoked_at.is_(None)).values(revoked_at=at)
-            )
+            ).rowcount
+            if changed:
+                _record(conn, AuditAction.KEY_REVOKED, account_id, key_id, actor, at)
             row = conn.execute(sa.select(*_PUBLIC_COLUMNS).where(mine)).one_or_none()
         return None if row is None else _row_to_key(row)
+
+    def list_audit_events(
+        self, account_id: str, *, limit: int, after: Cursor | None
+    ) -> builtins.list[AuditEvent]:
+        query = sa.select(audit_events).where(audit_events.c.account_id == account_id)
+        if after is not None:
+            query = query.where(
+                sa.or_(
+                    audit_events.c.occurred_at < after.at,
+                    sa.and_(audit_events.c.occurred_at == after.at, audit_events.c.id < after.id),
+                )
+            )
+        query = query.order_by(audit_events.c.occurred_at.desc(), audit_events.c.id.desc())
+        with self._transaction() as conn:
+            return [_row_to_event(row) for row in conn.execute(query.limit(limit))]
 
     def find(self, key_id: str) -> StoredKey | None:
         with self._transaction() as conn:

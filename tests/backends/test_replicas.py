@@ -24,7 +24,7 @@ from keysvc.cache.redis import RedisKeyCache
 from keysvc.errors import Unavailable
 from keysvc.hashing import Verifier
 from keysvc.last_used import LastUsedRecorder
-from keysvc.model import KeyGrant, Mode, Reason
+from keysvc.model import Actor, KeyGrant, Mode, Reason
 from keysvc.service import KeyService
 from keysvc.store import migrate
 from keysvc.store.sql import SqlKeyStore, create_engine
@@ -35,6 +35,7 @@ from tests.services import PrivateRedis, SharedPostgres, wait_for
 from tests.unit.support import FAST_ARGON2, async_test, within_deadline
 
 SCOPES = ["links:read"]
+OPERATOR = Actor("operator", "ipv4:127.0.0.1:1")
 
 
 @pytest.fixture
@@ -220,11 +221,11 @@ class TestColdLookUpRacingARevoke:
             _replica(url, private_redis.url, "keysvc:") as a,
             _replica(url, private_redis.url, "keysvc:") as b,
         ):
-            created = await a.service.create_key("acct_race", "Race", Mode.LIVE, SCOPES)
+            created = await a.service.create_key("acct_race", "Race", Mode.LIVE, SCOPES, OPERATOR)
             _forget(private_redis.url, created.key.id)  # B's look-up must be cold
             look_up = asyncio.create_task(b.authorizer.authorize(created.secret, SCOPES))
             await within_deadline(b.authorizer.paused.wait())  # B has read the key: active
-            await a.service.revoke_key("acct_race", created.key.id)
+            await a.service.revoke_key("acct_race", created.key.id, OPERATOR)
             b.authorizer.release.set()
             assert (await within_deadline(look_up)).reason is Reason.REVOKED
             assert (await b.authorizer.authorize(created.secret)).reason is Reason.REVOKED
@@ -241,11 +242,11 @@ class TestColdLookUpRacingARevoke:
             _replica(url, private_redis.url, "keysvc:") as a,
             _replica(url, private_redis.url, "keysvc:") as b,
         ):
-            created = await a.service.create_key("acct_race", "Race", Mode.LIVE, SCOPES)
+            created = await a.service.create_key("acct_race", "Race", Mode.LIVE, SCOPES, OPERATOR)
             _forget(private_redis.url, created.key.id)
             look_up = asyncio.create_task(b.authorizer.authorize(created.secret, SCOPES))
             await within_deadline(b.authorizer.paused.wait())
-            await a.service.revoke_key("acct_race", created.key.id)
+            await a.service.revoke_key("acct_race", created.key.id, OPERATOR)
             # The restart loses the revocation marker (Redis keeps nothing on disk here).
             private_redis.kill()
             private_redis.start()
@@ -274,13 +275,13 @@ class TestRevocationTheCacheMissed:
             _replica(url, private_redis.url, "keysvc:") as a,
             _replica(url, private_redis.url, "keysvc:") as b,
         ):
-            created = await a.service.create_key("acct_retry", "Retry", Mode.LIVE, SCOPES)
+            created = await a.service.create_key("acct_retry", "Retry", Mode.LIVE, SCOPES, OPERATOR)
             b.authorizer.paused.set()  # no pause wanted in this test
             assert (await b.authorizer.authorize(created.secret)).allowed  # cached: active
             private_redis.pause()
             try:
                 with pytest.raises(Unavailable):
-                    await a.service.revoke_key("acct_retry", created.key.id)
+                    await a.service.revoke_key("acct_retry", created.key.id, OPERATOR)
             finally:
                 private_redis.resume()
             # Redis kept its contents: the active entry is still there until the replica

@@ -135,11 +135,14 @@ class ServerProcess:
         data_dir: Path,
         log_path: Path,
         env: Mapping[str, str],
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.process = process
         self.data_dir = data_dir
         self.log_path = log_path
         self.env = dict(env)
+        # TLS credentials of the harness's own channels (readiness, client(), channel()).
+        self.credentials = credentials
         self.target = ""
         self.admin_token = ""
 
@@ -158,7 +161,7 @@ class ServerProcess:
 
     def health(self, service: str = "") -> int:
         """The health status the server reports for `service` ("" is the whole server)."""
-        with grpc.insecure_channel(self.target) as channel:
+        with self.channel() as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(service=service), timeout=5
             )
@@ -170,17 +173,23 @@ class ServerProcess:
     def client(self, *, admin: bool = True, token: str | None = None) -> KeyServiceClient:
         """A blocking client; with the server's admin token unless `token` or admin=False."""
         chosen = token if token is not None else (self.admin_token if admin else None)
-        return KeyServiceClient(self.target, admin_token=chosen, timeout=10.0)
+        return KeyServiceClient(
+            self.target, admin_token=chosen, timeout=10.0, credentials=self.credentials
+        )
 
     def async_client(
         self, *, admin: bool = True, token: str | None = None
     ) -> keysvc_aio.KeyServiceClient:
         """An asyncio client; create it inside the event loop that uses it."""
         chosen = token if token is not None else (self.admin_token if admin else None)
-        return keysvc_aio.KeyServiceClient(self.target, admin_token=chosen, timeout=10.0)
+        return keysvc_aio.KeyServiceClient(
+            self.target, admin_token=chosen, timeout=10.0, credentials=self.credentials
+        )
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.target)
+        if self.credentials is None:
+            return grpc.insecure_channel(self.target)
+        return grpc.secure_channel(self.target, self.credentials)
 
     def stub(self, channel: grpc.Channel) -> keysvc_pb2_grpc.KeyServiceStub:
         """The generated stub, for requests the typed client refuses to build."""
@@ -245,10 +254,16 @@ class ServerProcess:
 
     def wait_until_ready(self) -> None:
         match = poll(self._bound_address, timeout=START_TIMEOUT, what="the listening line")
-        self.target = f"{match['host']}:{match['port']}"
+        # A server bound to every interface is reached over loopback only.
+        host = "127.0.0.1" if match["host"] in ("0.0.0.0", "[::]") else match["host"]
+        self.target = f"{host}:{match['port']}"
         poll(self._serving, timeout=START_TIMEOUT, what="health SERVING")
         token = self.env.get("KEYSVC_ADMIN_TOKEN")
-        self.admin_token = token or (self.data_dir / "admin-token").read_text().strip()
+        token_file = self.data_dir / "admin-token"
+        # No file when the callers file names the admins: then admin_token stays "".
+        if not token and token_file.exists():
+            token = token_file.read_text().strip()
+        self.admin_token = token or ""
 
     def _bound_address(self) -> re.Match[str] | None:
         match = _LISTENING.search(self.read_log())
@@ -286,10 +301,13 @@ class ServerFactory:
         *args: str,
         env: Mapping[str, str] | None = None,
         data_dir: Path | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> ServerProcess:
         """A healthy server started with `keysvc serve` plus `args`, and `env` on top of ours.
 
         Reusing `data_dir` restarts on an earlier server's database and admin token.
+        A TLS server needs `credentials` the harness can connect with (mutual TLS: with a
+        client certificate), for the readiness check and for client() and channel().
         """
         number = len(self._servers) + 1
         data_dir = data_dir or self._base / f"server-{number}" / "data"
@@ -304,7 +322,9 @@ class ServerFactory:
                 env=environ,
                 cwd=self._base,
             )
-        server = ServerProcess(process, data_dir=data_dir, log_path=log_path, env=environ)
+        server = ServerProcess(
+            process, data_dir=data_dir, log_path=log_path, env=environ, credentials=credentials
+        )
         self._servers.append(server)
         server.wait_until_ready()
         return server

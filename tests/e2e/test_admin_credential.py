@@ -23,6 +23,7 @@ ADMIN_CALLS: dict[str, Callable[[KeyServiceClient], object]] = {
     "ListKeys": lambda c: c.list_keys("acct_admin"),
     "RevokeKey": lambda c: c.revoke_key("acct_admin", "AbCdEf123456"),
     "ListScopes": lambda c: c.list_scopes(),
+    "ListAuditEvents": lambda c: c.list_audit_events("acct_admin"),
 }
 ADMIN_REQUESTS: dict[str, Any] = {
     "CreateKey": pb.CreateKeyRequest(
@@ -32,6 +33,7 @@ ADMIN_REQUESTS: dict[str, Any] = {
     "ListKeys": pb.ListKeysRequest(account_id="acct_admin"),
     "RevokeKey": pb.RevokeKeyRequest(account_id="acct_admin", id="AbCdEf123456"),
     "ListScopes": pb.ListScopesRequest(),
+    "ListAuditEvents": pb.ListAuditEventsRequest(account_id="acct_admin"),
 }
 
 

@@ -141,6 +141,36 @@ INVALID = {
     "list/status-unknown": Case(
         "ListKeys", pb.ListKeysRequest(account_id="acct_bad", status=UNKNOWN_ENUM), "status"
     ),
+    # ListAuditEvents
+    "audit/account-empty": Case(
+        "ListAuditEvents", pb.ListAuditEventsRequest(account_id=""), "account_id"
+    ),
+    "audit/account-bad": Case(
+        "ListAuditEvents", pb.ListAuditEventsRequest(account_id="acct 1"), "account_id"
+    ),
+    "audit/page-size-negative": Case(
+        "ListAuditEvents",
+        pb.ListAuditEventsRequest(account_id="acct_bad", page_size=-1),
+        "page_size",
+    ),
+    "audit/page-size-over-max": Case(
+        "ListAuditEvents",
+        pb.ListAuditEventsRequest(account_id="acct_bad", page_size=501),
+        "page_size",
+    ),
+    "audit/page-token-garbage": Case(
+        "ListAuditEvents",
+        pb.ListAuditEventsRequest(account_id="acct_bad", page_token="garbage"),
+        "page_token",
+    ),
+    "audit/page-token-of-list-keys": Case(
+        "ListAuditEvents",
+        pb.ListAuditEventsRequest(
+            account_id="acct_bad",
+            page_token=_token({"t": "2026-01-01T00:00:00+00:00", "i": VALID_ID}),
+        ),
+        "page_token",
+    ),
     # RevokeKey
     "revoke/account-empty": Case(
         "RevokeKey", pb.RevokeKeyRequest(account_id="", id=VALID_ID), "account_id"

@@ -32,14 +32,22 @@ class TestReflection:
         assert "grpc.health.v1.Health" in services
 
     def test_list_shows_every_rpc(self, server: ServerProcess) -> None:
-        """`grpcurl list keysvc.v1.KeyService` shows the six RPCs of the contract."""
+        """`grpcurl list keysvc.v1.KeyService` shows the seven RPCs of the contract."""
         result = server.grpcurl("list", "keysvc.v1.KeyService")
 
         assert result.returncode == 0, result.stderr
         assert sorted(result.stdout.split()) == [
             f"keysvc.v1.KeyService.{name}"
             for name in sorted(
-                ["Authorize", "CreateKey", "GetKey", "ListKeys", "ListScopes", "RevokeKey"]
+                [
+                    "Authorize",
+                    "CreateKey",
+                    "GetKey",
+                    "ListAuditEvents",
+                    "ListKeys",
+                    "ListScopes",
+                    "RevokeKey",
+                ]
             )
         ]
 
@@ -57,7 +65,8 @@ class TestHealth:
 
 class TestKeyLifecycle:
     def test_create_authorize_revoke_authorize(self, server: ServerProcess, account: str) -> None:
-        """A key created with grpcurl is allowed, then revoked, refused 401 REVOKED, and listed."""
+        """A key created with grpcurl is allowed, then revoked, refused 401 REVOKED, and listed,
+        and the audit trail shows both changes."""
         token = server.admin_token
         created = ok_json(
             server,
@@ -117,6 +126,18 @@ class TestKeyLifecycle:
         )
         assert [(k["id"], k["status"]) for k in listed["keys"]] == [(key_id, "KEY_STATUS_REVOKED")]
         assert listed["keys"][0]["revoked_at"] == revoked["revoked_at"]
+
+        audit = ok_json(
+            server,
+            "keysvc.v1.KeyService/ListAuditEvents",
+            token=token,
+            data=json.dumps({"account_id": account}),
+        )
+        assert [(e["action"], e["key_id"], e["actor"]) for e in audit["events"]] == [
+            ("AUDIT_ACTION_KEY_REVOKED", key_id, "admin-token"),
+            ("AUDIT_ACTION_KEY_CREATED", key_id, "admin-token"),
+        ]
+        assert audit["events"][0]["occurred_at"] == revoked["revoked_at"]
 
     def test_admin_rpc_without_token_fails(self, server: ServerProcess) -> None:
         """grpcurl without the admin header gets Unauthenticated and a non-zero exit."""

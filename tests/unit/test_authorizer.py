@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from keysvc import keys
 from keysvc.authorizer import Authorizer
+from keysvc.cache.memory import MemoryKeyCache
 from keysvc.errors import InvalidArgument
 from keysvc.hashing import Argon2Parameters
-from keysvc.model import CreatedKey, KeyGrant, Mode, Reason
+from keysvc.model import Actor, CreatedKey, Decision, KeyGrant, Mode, Reason
 
 from .conftest import Keysvc
-from .support import CountingVerifier, async_test, signed, within_deadline
+from .support import (
+    CountingVerifier,
+    async_test,
+    checksum,
+    secret_of,
+    signed,
+    within_deadline,
+)
 
 LINKS = ("links:read", "links:write")
+ADMIN = Actor("admin", "ipv4:127.0.0.1:50000")
 
 
 async def _create(
@@ -25,7 +40,7 @@ async def _create(
     mode: Mode = Mode.LIVE,
     scopes: tuple[str, ...] = LINKS,
 ) -> CreatedKey:
-    created = await keysvc.service.create_key(account_id, "Production server", mode, scopes)
+    created = await keysvc.service.create_key(account_id, "Production server", mode, scopes, ADMIN)
     keysvc.clock.advance(1)
     return created
 
@@ -228,7 +243,7 @@ class TestRevoked:
         """Revocation is immediate: the next Authorize of the key is REVOKED (401)."""
         created = await _create(keysvc)
         assert (await keysvc.authorizer.authorize(created.secret)).reason is Reason.ALLOWED
-        await keysvc.service.revoke_key("acct_1", created.key.id)
+        await keysvc.service.revoke_key("acct_1", created.key.id, ADMIN)
         decision = await keysvc.authorizer.authorize(created.secret)
         assert decision.reason is Reason.REVOKED
         assert (decision.allowed, decision.http_status) == (False, 401)
@@ -239,7 +254,7 @@ class TestRevoked:
     async def test_is_revoked_on_a_cold_cache(self, keysvc: Keysvc) -> None:
         """A replica that never cached the key reads the revocation from the store."""
         created = await _create(keysvc)
-        await keysvc.service.revoke_key("acct_1", created.key.id)
+        await keysvc.service.revoke_key("acct_1", created.key.id, ADMIN)
         replica = keysvc.replica()
         assert (await replica.authorizer.authorize(created.secret)).reason is Reason.REVOKED
         assert (await replica.authorizer.authorize(created.secret)).reason is Reason.REVOKED
@@ -248,7 +263,7 @@ class TestRevoked:
     async def test_a_wrong_secret_for_a_revoked_key_is_not_found(self, keysvc: Keysvc) -> None:
         """Only the real key learns that it was revoked; a guess is still NOT_FOUND."""
         created = await _create(keysvc)
-        await keysvc.service.revoke_key("acct_1", created.key.id)
+        await keysvc.service.revoke_key("acct_1", created.key.id, ADMIN)
         decision = await keysvc.authorizer.authorize(_wrong_secret(created))
         assert decision.reason is Reason.NOT_FOUND
 
@@ -256,7 +271,7 @@ class TestRevoked:
     async def test_revoking_one_key_leaves_the_others(self, keysvc: Keysvc) -> None:
         """Revoking one integration's key does not affect another key of the account."""
         old, new = await _create(keysvc), await _create(keysvc)
-        await keysvc.service.revoke_key("acct_1", old.key.id)
+        await keysvc.service.revoke_key("acct_1", old.key.id, ADMIN)
         assert (await keysvc.authorizer.authorize(new.secret)).reason is Reason.ALLOWED
 
     @async_test
@@ -270,7 +285,7 @@ class TestRevoked:
         pending = asyncio.create_task(authorizer.authorize(created.secret, ["links:read"]))
         stale = await within_deadline(authorizer.read_from_store.get())
         assert stale.revoked is False  # the look-up read the key while it was active
-        await replica.service.revoke_key("acct_1", created.key.id)
+        await replica.service.revoke_key("acct_1", created.key.id, ADMIN)
         authorizer.resume.set()
         decision = await within_deadline(pending)
 
@@ -404,7 +419,7 @@ class TestLastUsed:
         """A wrong secret, a mistyped key or a revoked key does not count as a use."""
         created = await _create(keysvc)
         revoked = await _create(keysvc)
-        await keysvc.service.revoke_key("acct_1", revoked.key.id)
+        await keysvc.service.revoke_key("acct_1", revoked.key.id, ADMIN)
         raw = created.secret
         attempts = [
             _wrong_secret(created),
@@ -417,3 +432,325 @@ class TestLastUsed:
         await keysvc.recorder.flush()
         for key in (await keysvc.service.list_keys("acct_1")).keys:
             assert key.last_used_at is None
+
+
+class Counting:
+    """A store or cache that records every attribute Authorize touches on it: each use."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.touched: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        self.touched.append(name)
+        return getattr(self._inner, name)
+
+
+def _counted(keysvc: Keysvc) -> tuple[Authorizer, Counting, Counting]:
+    """A replica's Authorizer (cold in-process cache) over keysvc's store, both counted."""
+    store = Counting(keysvc.store)
+    cache = Counting(MemoryKeyCache(clock=keysvc.monotonic))
+    authorizer = Authorizer(
+        store,  # type: ignore[arg-type]
+        cache,  # type: ignore[arg-type]
+        keysvc.verifier,
+        keysvc.workers,
+        keysvc.recorder,
+        clock=keysvc.clock,
+        monotonic=keysvc.monotonic,
+    )
+    return authorizer, store, cache
+
+
+async def _authorize_each(authorizer: Authorizer, values: Sequence[str]) -> list[Decision]:
+    return [await authorizer.authorize(value) for value in values]
+
+
+def _guesses(created: CreatedKey, count: int) -> list[str]:
+    """`count` different wrong secrets for the key's id, as someone guessing would send."""
+    guesses = {_wrong_secret(created) for _ in range(count)}
+    assert len(guesses) == count
+    return sorted(guesses)
+
+
+def _holds_a_key(value: str) -> bool:
+    """Whether a well-formed key (valid checksum) hides in `value`: never, in practice."""
+    candidates = re.findall(r"ck_(?:live|test)_[0-9A-Za-z]{50}", value)
+    return any(
+        checksum(c[: -keys.CHECKSUM_LENGTH]) == c[-keys.CHECKSUM_LENGTH :] for c in candidates
+    )
+
+
+# Strings an API server may pass on from a hostile client: anything, and near shapes.
+NOT_KEYS = st.one_of(
+    st.text(),
+    st.text(st.characters(categories=["Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Co", "So"])),
+    st.binary().map(lambda raw: raw.decode("latin-1")),
+    st.builds(
+        str.__add__, st.sampled_from(["Bearer ", "bearer\t", "BEARER  ", "Basic "]), st.text()
+    ),
+    # The shape of a key, but the checksum was made up, or the prefix, length or
+    # alphabet is off.
+    st.builds(
+        "{}{}{}".format,
+        st.sampled_from(["ck_live_", "ck_test_", "ck_prod_", "CK_LIVE_", "ck_live", ""]),
+        st.text(keys.ALPHABET + "_-+/= é\x00", min_size=40, max_size=60),
+        st.sampled_from(["", " ", "\n", "==", "\u200b"]),
+    ),
+    st.builds(
+        "ck_live_{}{}".format,
+        st.text(keys.ALPHABET, min_size=44, max_size=44),
+        st.text(keys.ALPHABET, min_size=6, max_size=6),
+    ),
+)
+HOSTILE = settings(
+    max_examples=200,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    # The keysvc fixture is shared by all examples on purpose: its counts must stay 0.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+class TestHostileInput:
+    @HOSTILE
+    @given(values=st.lists(NOT_KEYS, min_size=5, max_size=40))
+    def test_malformed_keys_cost_no_store_or_cache_access(
+        self, keysvc: Keysvc, values: list[str]
+    ) -> None:
+        """Thousands of strings that are not keys are refused with 401 MALFORMED (or MISSING
+        when they carry nothing), without the store, the cache or argon2 being touched."""
+        values = [value for value in values if not _holds_a_key(value)]
+        authorizer, store, cache = _counted(keysvc)
+
+        decisions = asyncio.run(_authorize_each(authorizer, values))
+
+        assert {d.reason for d in decisions} <= {Reason.MALFORMED, Reason.MISSING}
+        assert all(d.http_status == 401 and d.grant is None for d in decisions)
+        assert (store.touched, cache.touched) == ([], [])
+        assert keysvc.verifier.verifications == 0
+
+    @async_test
+    async def test_an_unknown_key_id_costs_one_store_read_per_minute(self, keysvc: Keysvc) -> None:
+        """A flood of well-formed keys with one key id that does not exist, each with another
+        secret, reads the store once, then again only after a minute; argon2 never runs."""
+        authorizer, store, _ = _counted(keysvc)
+        key_id = keys.new_key_id()
+        flood = [keys.generate(Mode.LIVE, key_id) for _ in range(50)]
+
+        decisions = await _authorize_each(authorizer, flood)
+        reads = store.touched.count("find")
+        keysvc.monotonic.advance(59)
+        await authorizer.authorize(keys.generate(Mode.LIVE, key_id))
+        reads_within_the_minute = store.touched.count("find")
+        keysvc.monotonic.advance(1)
+        await authorizer.authorize(keys.generate(Mode.LIVE, key_id))
+
+        assert {d.reason for d in decisions} == {Reason.NOT_FOUND}
+        assert (reads, reads_within_the_minute, store.touched.count("find")) == (1, 1, 2)
+        assert keysvc.verifier.verifications == 0
+
+    @async_test
+    async def test_an_unknown_key_id_does_not_hide_other_keys(self, keysvc: Keysvc) -> None:
+        """Remembering a missing key id refuses only that id: real keys still verify."""
+        created = await _create(keysvc)
+        authorizer, _, _ = _counted(keysvc)
+        await authorizer.authorize(keys.generate(Mode.LIVE, keys.new_key_id()))
+
+        assert (await authorizer.authorize(created.secret)).reason is Reason.ALLOWED
+
+
+class TestBruteForce:
+    """Guessing the secret of a key whose id is known: 10 wrong secrets per key id a minute."""
+
+    @async_test
+    async def test_wrong_secrets_for_a_cold_key_run_argon2_at_most_ten_times(
+        self, keysvc: Keysvc
+    ) -> None:
+        """Thirty different wrong secrets for an uncached key run argon2 ten times; the other
+        twenty are NOT_FOUND without argon2 and without reading the store."""
+        created = await _create(keysvc)
+        authorizer, store, _ = _counted(keysvc)
+
+        decisions = await _authorize_each(authorizer, _guesses(created, 30))
+
+        assert {(d.reason, d.grant) for d in decisions} == {(Reason.NOT_FOUND, None)}
+        assert keysvc.verifier.verifications == 10
+        assert store.touched.count("find") == 10
+
+    @async_test
+    async def test_a_burst_of_concurrent_guesses_runs_argon2_at_most_ten_times(
+        self, keysvc: Keysvc
+    ) -> None:
+        """Fifty different wrong secrets arriving together still run argon2 ten times at most."""
+        created = await _create(keysvc)
+        replica = keysvc.replica()
+
+        decisions = await within_deadline(
+            asyncio.gather(*(replica.authorizer.authorize(g) for g in _guesses(created, 50)))
+        )
+
+        assert {d.reason for d in decisions} == {Reason.NOT_FOUND}
+        assert replica.verifier.verifications == 10
+
+    @async_test
+    async def test_verification_resumes_when_the_minute_is_over(self, keysvc: Keysvc) -> None:
+        """A minute after the first guess, secrets for the key id are verified again."""
+        created = await _create(keysvc)
+        replica = keysvc.replica()
+        await _authorize_each(replica.authorizer, _guesses(created, 30))
+        replica.monotonic.advance(60)
+
+        guess = await replica.authorizer.authorize(_wrong_secret(created))
+        assert (guess.reason, replica.verifier.verifications) == (Reason.NOT_FOUND, 11)
+        real = await replica.authorizer.authorize(created.secret)
+        assert (real.reason, replica.verifier.verifications) == (Reason.ALLOWED, 12)
+
+    @async_test
+    async def test_refusals_from_the_tenth_wrong_secret_on_are_slowed_down(
+        self, keysvc: Keysvc
+    ) -> None:
+        """From the tenth wrong secret in a minute, each refusal waits a quarter second."""
+        created = await _create(keysvc)
+        replica = keysvc.replica()
+
+        await _authorize_each(replica.authorizer, _guesses(created, 30))
+
+        assert replica.delays == [0.25] * 21
+
+    @async_test
+    async def test_wrong_secrets_for_a_cached_key_are_counted_and_slowed_down(
+        self, keysvc: Keysvc
+    ) -> None:
+        """Guesses at a cached key cost no argon2 but count against its key id all the same;
+        the real key, right after, is allowed at once."""
+        created = await _create(keysvc)
+        assert (await keysvc.authorizer.authorize(created.secret)).allowed
+
+        decisions = await _authorize_each(keysvc.authorizer, _guesses(created, 30))
+        real = await keysvc.authorizer.authorize(created.secret)
+
+        assert {d.reason for d in decisions} == {Reason.NOT_FOUND}
+        assert keysvc.verifier.verifications == 0
+        assert keysvc.delays == [0.25] * 21
+        assert real.reason is Reason.ALLOWED
+
+    @async_test
+    async def test_a_cold_real_key_is_refused_while_its_key_id_is_throttled(
+        self, keysvc: Keysvc
+    ) -> None:
+        """The price of the throttle: a real key this process has never verified, presented
+        while its key id is throttled, is NOT_FOUND until the minute is over."""
+        created = await _create(keysvc)
+        replica = keysvc.replica()
+        await _authorize_each(replica.authorizer, _guesses(created, 10))
+
+        refused = await replica.authorizer.authorize(created.secret)
+        replica.monotonic.advance(60)
+        allowed = await replica.authorizer.authorize(created.secret)
+
+        assert (refused.reason, allowed.reason) == (Reason.NOT_FOUND, Reason.ALLOWED)
+
+    @async_test
+    async def test_a_cached_real_key_is_allowed_while_its_key_id_is_throttled(
+        self, keysvc: Keysvc
+    ) -> None:
+        """A key another replica verified into the shared cache is allowed by a replica that
+        throttles its key id: the cache is asked before the throttle."""
+        created = await _create(keysvc)
+        replica = keysvc.replica()
+        await _authorize_each(replica.authorizer, _guesses(created, 30))
+        sibling = Authorizer(
+            keysvc.store,
+            replica.cache,
+            CountingVerifier(),
+            keysvc.workers,
+            replica.recorder,
+            monotonic=replica.monotonic,
+        )
+        assert (await sibling.authorize(created.secret)).reason is Reason.ALLOWED
+
+        decision = await replica.authorizer.authorize(created.secret, ["links:read"])
+
+        assert decision.reason is Reason.ALLOWED
+        assert replica.verifier.verifications == 10
+
+    @async_test
+    async def test_a_proven_secret_is_allowed_while_its_key_id_is_throttled(
+        self, keysvc: Keysvc
+    ) -> None:
+        """A key this process verified once is still allowed, even after the cache has let it
+        go, while guesses at its secret are throttled."""
+        created = await _create(keysvc)
+        replica = keysvc.replica()
+        assert (await replica.authorizer.authorize(created.secret)).reason is Reason.ALLOWED
+        replica.monotonic.advance(3600)  # the cache's TTL: the key is cold again
+        await _authorize_each(replica.authorizer, _guesses(created, 30))
+        assert replica.verifier.verifications == 11
+
+        decision = await replica.authorizer.authorize(created.secret)
+
+        assert decision.reason is Reason.ALLOWED
+        assert replica.verifier.verifications == 12
+
+    @async_test
+    async def test_a_key_used_from_the_cache_is_allowed_while_its_key_id_is_throttled(
+        self, keysvc: Keysvc
+    ) -> None:
+        """A key this process answered from its cache is still allowed once the cache has let
+        it go, while guesses at its secret are throttled."""
+        created = await _create(keysvc)  # creating it cached it: no argon2 here
+        assert (await keysvc.authorizer.authorize(created.secret)).reason is Reason.ALLOWED
+        keysvc.monotonic.advance(3600)
+        await _authorize_each(keysvc.authorizer, _guesses(created, 30))
+        assert keysvc.verifier.verifications == 10
+
+        decision = await keysvc.authorizer.authorize(created.secret)
+
+        assert decision.reason is Reason.ALLOWED
+        assert keysvc.verifier.verifications == 11
+
+    @async_test
+    async def test_keys_re_signed_for_the_other_mode_are_throttled_too(
+        self, keysvc: Keysvc
+    ) -> None:
+        """Guesses re-signed for the key's other mode cost no argon2, and after ten of them no
+        store read either."""
+        created = await _create(keysvc, mode=Mode.TEST)
+        authorizer, store, _ = _counted(keysvc)
+        forged = [signed("ck_live_" + g[8 : -keys.CHECKSUM_LENGTH]) for g in _guesses(created, 30)]
+
+        decisions = await _authorize_each(authorizer, forged)
+
+        assert {d.reason for d in decisions} == {Reason.NOT_FOUND}
+        assert (keysvc.verifier.verifications, store.touched.count("find")) == (0, 10)
+
+    @async_test
+    async def test_one_warning_per_key_id_per_minute(
+        self, keysvc: Keysvc, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Fifty guesses log one warning naming the key id and when it is let go; another
+        fifty a minute later log one more. No warning holds a secret."""
+        caplog.set_level(logging.INFO, logger="keysvc")
+        created = await _create(keysvc)
+        replica = keysvc.replica()
+        first, second = _guesses(created, 50), _guesses(created, 50)
+
+        await _authorize_each(replica.authorizer, first)
+        warned_at = keysvc.clock.now
+        keysvc.clock.advance(60)
+        replica.monotonic.advance(60)
+        await _authorize_each(replica.authorizer, second)
+
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert warnings == [
+            f"key id {created.key.id}: 10 wrong secrets in the last 60s;"
+            f" refusing further unverified secrets until {until}"
+            for until in ("2026-03-01 12:01:01Z", "2026-03-01 12:02:01Z")
+        ]
+        assert warned_at.isoformat() == "2026-03-01T12:00:01+00:00"
+        logged = caplog.text
+        for raw in [created.secret, *first, *second]:
+            assert raw not in logged
+            assert secret_of(raw) not in logged

@@ -1,4 +1,5 @@
-"""ListKeys page tokens: opaque, URL-safe, and refused when they were not made by ListKeys."""
+"""Page tokens of ListKeys and ListAuditEvents: opaque, URL-safe, and refused by any list
+but the one that made them."""
 
 from __future__ import annotations
 
@@ -11,20 +12,9 @@ import pytest
 
 from keysvc import pagination
 from keysvc.errors import InvalidArgument
-from keysvc.model import ApiKey, Mode
 from keysvc.store import Cursor
 
-
-def _api_key(created_at: datetime, key_id: str = "a1B2c3D4e5F6") -> ApiKey:
-    return ApiKey(
-        id=key_id,
-        account_id="acct_1",
-        name="Production server",
-        prefix="ck_live_a1B2c3",
-        mode=Mode.LIVE,
-        scopes=("links:read",),
-        created_at=created_at,
-    )
+KEYS, AUDIT_EVENTS = pagination.KEYS, pagination.AUDIT_EVENTS
 
 
 def _token(payload: object) -> str:
@@ -32,27 +22,51 @@ def _token(payload: object) -> str:
 
 
 class TestRoundTrip:
-    def test_decodes_to_the_position_of_the_last_key(self) -> None:
-        """A token decodes to the created_at and id of the key it was made from."""
-        created_at = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-        token = pagination.encode(_api_key(created_at))
-        assert pagination.decode(token) == Cursor(created_at=created_at, key_id="a1B2c3D4e5F6")
+    @pytest.mark.parametrize("listing", [KEYS, AUDIT_EVENTS])
+    def test_decodes_to_the_position_it_was_made_from(self, listing: str) -> None:
+        """A token decodes, in its own list, to the time and id of the last item on the page."""
+        position = Cursor(at=datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC), id="a1B2c3D4e5F6")
+        assert pagination.decode(pagination.encode(position, listing), listing) == position
 
     def test_keeps_the_instant_across_time_zones(self) -> None:
-        """A key timestamped in another zone decodes to the same instant."""
-        created_at = datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
-        cursor = pagination.decode(pagination.encode(_api_key(created_at)))
+        """A time in another zone decodes to the same instant."""
+        at = datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+        cursor = pagination.decode(pagination.encode(Cursor(at, "a1B2c3D4e5F6"), KEYS), KEYS)
         assert cursor is not None
-        assert cursor.created_at == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        assert cursor.at == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
     def test_is_url_safe(self) -> None:
         """A token needs no escaping in a URL: letters, digits, '-' and '_' only."""
-        token = pagination.encode(_api_key(datetime(2026, 3, 1, tzinfo=UTC), "zzzzzzzzzzz?"))
-        assert re.fullmatch(r"[A-Za-z0-9_-]+", token)
+        position = Cursor(datetime(2026, 3, 1, tzinfo=UTC), "zzzzzzzzzzz?")
+        for listing in (KEYS, AUDIT_EVENTS):
+            assert re.fullmatch(r"[A-Za-z0-9_-]+", pagination.encode(position, listing))
 
     def test_empty_means_the_first_page(self) -> None:
-        """No token means start from the newest key."""
-        assert pagination.decode("") is None
+        """No token means start from the newest item."""
+        assert pagination.decode("", KEYS) is None
+        assert pagination.decode("", AUDIT_EVENTS) is None
+
+    def test_a_token_without_a_list_name_is_a_list_keys_token(self) -> None:
+        """Tokens made before ListAuditEvents existed name no list, and still page ListKeys."""
+        token = _token({"t": "2026-03-01T12:00:00+00:00", "i": "a1B2c3D4e5F6"})
+        assert pagination.decode(token, KEYS) == Cursor(
+            datetime(2026, 3, 1, 12, 0, tzinfo=UTC), "a1B2c3D4e5F6"
+        )
+
+
+class TestAnotherListsToken:
+    @pytest.mark.parametrize(("made_by", "given_to"), [(KEYS, AUDIT_EVENTS), (AUDIT_EVENTS, KEYS)])
+    def test_is_refused(self, made_by: str, given_to: str) -> None:
+        """A token of one list is refused by the other, naming the list it should come from."""
+        token = pagination.encode(Cursor(datetime(2026, 3, 1, tzinfo=UTC), "a1B2c3D4e5F6"), made_by)
+        with pytest.raises(InvalidArgument, match=f"^page_token: not a token from {given_to};"):
+            pagination.decode(token, given_to)
+
+    def test_an_old_token_is_refused_by_list_audit_events(self) -> None:
+        """A token naming no list is a ListKeys token, which ListAuditEvents refuses."""
+        token = _token({"t": "2026-03-01T12:00:00+00:00", "i": "a1B2c3D4e5F6"})
+        with pytest.raises(InvalidArgument, match=r"^page_token: "):
+            pagination.decode(token, AUDIT_EVENTS)
 
 
 class TestGarbage:
@@ -73,9 +87,12 @@ class TestGarbage:
             _token({"t": 1767225600, "i": "a1B2c3D4e5F6"}),
             _token({"t": "2026-03-01T12:00:00", "i": "a1B2c3D4e5F6"}),
             _token({"t": "2026-03-01T12:00:00+00:00", "i": 7}),
+            _token({"l": 7, "t": "2026-03-01T12:00:00+00:00", "i": "a1B2c3D4e5F6"}),
+            "A" * 300,
         ],
     )
-    def test_refuses_tokens_not_made_by_list_keys(self, token: str) -> None:
-        """Anything but a token from ListKeys is refused with advice to pass it unchanged."""
+    @pytest.mark.parametrize("listing", [KEYS, AUDIT_EVENTS])
+    def test_refuses_tokens_not_made_by_the_list(self, token: str, listing: str) -> None:
+        """Anything but a token from the list is refused with advice to pass it unchanged."""
         with pytest.raises(InvalidArgument, match=r"^page_token: .*pass next_page_token unchanged"):
-            pagination.decode(token)
+            pagination.decode(token, listing)

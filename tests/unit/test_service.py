@@ -1,4 +1,5 @@
-"""KeyService, the admin use cases: create, get, list and revoke keys, on a real SQLite store."""
+"""KeyService, the admin use cases: create, get, list and revoke keys, and the audit trail of
+those changes, on a real store."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from sqlalchemy.engine import Engine
 
 from keysvc import keys
 from keysvc.errors import InvalidArgument, NotFound
-from keysvc.model import CreatedKey, KeyStatus, Mode, Reason
+from keysvc.model import Actor, AuditAction, CreatedKey, KeyStatus, Mode, Reason
 
 from .conftest import Keysvc, dump_rows
 from .support import async_test, secret_of
+
+ADMIN = Actor("admin-token", "ipv4:127.0.0.1:50000")
 
 
 async def _create(
@@ -23,7 +26,7 @@ async def _create(
     mode: Mode = Mode.LIVE,
     scopes: tuple[str, ...] = ("links:read",),
 ) -> CreatedKey:
-    created = await keysvc.service.create_key(account_id, name, mode, scopes)
+    created = await keysvc.service.create_key(account_id, name, mode, scopes, ADMIN)
     keysvc.clock.advance(1)
     return created
 
@@ -37,6 +40,7 @@ class TestCreateKey:
             "  WooCommerce plugin ",
             Mode.LIVE,
             ["sessions:write", "links:read", "links:read"],
+            ADMIN,
         )
         key = created.key
         assert key.account_id == "acct_1"
@@ -111,7 +115,7 @@ class TestCreateKey:
     ) -> None:
         """A bad account id, name or scope list is refused, saying which, and no key is made."""
         with pytest.raises(InvalidArgument, match=message):
-            await keysvc.service.create_key(account_id, name, Mode.LIVE, scopes)
+            await keysvc.service.create_key(account_id, name, Mode.LIVE, scopes, ADMIN)
         assert (await keysvc.service.list_keys("acct_1")).keys == []
 
 
@@ -148,7 +152,7 @@ class TestListKeys:
     async def test_lists_newest_first_with_revoked_keys(self, keysvc: Keysvc) -> None:
         """Keys come newest first; a revoked key stays listed with its revoked_at."""
         first, second, third = [await _create(keysvc) for _ in range(3)]
-        await keysvc.service.revoke_key("acct_1", second.key.id)
+        await keysvc.service.revoke_key("acct_1", second.key.id, ADMIN)
         page = await keysvc.service.list_keys("acct_1")
         assert [k.id for k in page.keys] == [third.key.id, second.key.id, first.key.id]
         assert [k.status for k in page.keys] == [
@@ -197,7 +201,7 @@ class TestListKeys:
     async def test_pages_across_keys_created_at_the_same_instant(self, keysvc: Keysvc) -> None:
         """Keys sharing a created_at are each listed once across pages."""
         created = [
-            await keysvc.service.create_key("acct_1", "same", Mode.LIVE, ["links:read"])
+            await keysvc.service.create_key("acct_1", "same", Mode.LIVE, ["links:read"], ADMIN)
             for _ in range(5)
         ]
         seen, token = [], ""
@@ -215,7 +219,7 @@ class TestListKeys:
         live = await _create(keysvc, mode=Mode.LIVE)
         test = await _create(keysvc, mode=Mode.TEST)
         gone = await _create(keysvc, mode=Mode.TEST)
-        await keysvc.service.revoke_key("acct_1", gone.key.id)
+        await keysvc.service.revoke_key("acct_1", gone.key.id, ADMIN)
 
         async def ids(mode: Mode | None = None, status: KeyStatus | None = None) -> list[str]:
             page = await keysvc.service.list_keys("acct_1", mode=mode, status=status)
@@ -242,7 +246,7 @@ class TestRevokeKey:
     async def test_marks_the_key_revoked_now(self, keysvc: Keysvc) -> None:
         """Revoking returns the key revoked at the current time, and the store agrees."""
         created = await _create(keysvc)
-        revoked = await keysvc.service.revoke_key("acct_1", created.key.id)
+        revoked = await keysvc.service.revoke_key("acct_1", created.key.id, ADMIN)
         assert revoked.status is KeyStatus.REVOKED
         assert revoked.revoked_at == keysvc.clock.now
         assert await keysvc.service.get_key("acct_1", created.key.id) == revoked
@@ -251,9 +255,9 @@ class TestRevokeKey:
     async def test_is_idempotent_and_keeps_the_first_time(self, keysvc: Keysvc) -> None:
         """Revoking again succeeds and keeps the first revoked_at."""
         created = await _create(keysvc)
-        first = await keysvc.service.revoke_key("acct_1", created.key.id)
+        first = await keysvc.service.revoke_key("acct_1", created.key.id, ADMIN)
         keysvc.clock.advance(3600)
-        again = await keysvc.service.revoke_key("acct_1", created.key.id)
+        again = await keysvc.service.revoke_key("acct_1", created.key.id, ADMIN)
         assert again.revoked_at == first.revoked_at
         decision = await keysvc.authorizer.authorize(created.secret)
         assert decision.reason is Reason.REVOKED
@@ -263,7 +267,7 @@ class TestRevokeKey:
         """Revoking another account's key is not found, and that key keeps working."""
         theirs = await _create(keysvc, account_id="acct_other")
         with pytest.raises(NotFound):
-            await keysvc.service.revoke_key("acct_1", theirs.key.id)
+            await keysvc.service.revoke_key("acct_1", theirs.key.id, ADMIN)
         assert (
             await keysvc.service.get_key("acct_other", theirs.key.id)
         ).status is KeyStatus.ACTIVE
@@ -274,4 +278,105 @@ class TestRevokeKey:
     async def test_an_unknown_key_is_not_found(self, keysvc: Keysvc) -> None:
         """Revoking an id no key has is not found."""
         with pytest.raises(NotFound):
-            await keysvc.service.revoke_key("acct_1", keys.new_key_id())
+            await keysvc.service.revoke_key("acct_1", keys.new_key_id(), ADMIN)
+
+
+class TestListAuditEvents:
+    @async_test
+    async def test_records_who_created_and_revoked_when_and_from_where(
+        self, keysvc: Keysvc
+    ) -> None:
+        """Creating and revoking a key each leave an event naming the actor, its peer and the
+        time, newest first."""
+        dashboard = Actor("dashboard", "ipv4:10.1.2.3:40000")
+        created = await keysvc.service.create_key("acct_1", "n", Mode.LIVE, ["links:read"], ADMIN)
+        created_at = keysvc.clock.now
+        revoked_at = keysvc.clock.advance(60)
+        await keysvc.service.revoke_key("acct_1", created.key.id, dashboard)
+
+        page = await keysvc.service.list_audit_events("acct_1")
+
+        revocation, creation = page.events
+        assert (revocation.action, revocation.key_id, revocation.occurred_at) == (
+            AuditAction.KEY_REVOKED,
+            created.key.id,
+            revoked_at,
+        )
+        assert (revocation.actor, revocation.peer) == ("dashboard", "ipv4:10.1.2.3:40000")
+        assert (creation.action, creation.key_id, creation.occurred_at) == (
+            AuditAction.KEY_CREATED,
+            created.key.id,
+            created_at,
+        )
+        assert (creation.actor, creation.peer) == ("admin-token", "ipv4:127.0.0.1:50000")
+        assert {revocation.account_id, creation.account_id} == {"acct_1"}
+        assert page.next_page_token == ""
+
+    @async_test
+    async def test_a_repeated_revoke_records_nothing(self, keysvc: Keysvc) -> None:
+        """Revoking again is harmless and leaves the trail as the first revocation left it."""
+        created = await _create(keysvc)
+        await keysvc.service.revoke_key("acct_1", created.key.id, ADMIN)
+        keysvc.clock.advance(3600)
+        await keysvc.service.revoke_key("acct_1", created.key.id, Actor("someone", "ipv4:x:1"))
+        events = (await keysvc.service.list_audit_events("acct_1")).events
+        assert [(e.action, e.actor) for e in events] == [
+            (AuditAction.KEY_REVOKED, "admin-token"),
+            (AuditAction.KEY_CREATED, "admin-token"),
+        ]
+
+    @async_test
+    async def test_refused_changes_record_nothing(self, keysvc: Keysvc) -> None:
+        """A refused creation and a revocation of an unknown key leave no event."""
+        with pytest.raises(InvalidArgument):
+            await keysvc.service.create_key("acct_1", "n", Mode.LIVE, ["links:admin"], ADMIN)
+        with pytest.raises(NotFound):
+            await keysvc.service.revoke_key("acct_1", keys.new_key_id(), ADMIN)
+        assert (await keysvc.service.list_audit_events("acct_1")).events == []
+
+    @async_test
+    async def test_never_lists_other_accounts_events(self, keysvc: Keysvc) -> None:
+        """An account sees only its own events, even of keys it tried to revoke."""
+        theirs = await _create(keysvc, account_id="acct_other")
+        with pytest.raises(NotFound):
+            await keysvc.service.revoke_key("acct_1", theirs.key.id, ADMIN)
+        mine = await _create(keysvc)
+        events = (await keysvc.service.list_audit_events("acct_1")).events
+        assert [e.key_id for e in events] == [mine.key.id]
+
+    @async_test
+    async def test_pages_through_every_event_once(self, keysvc: Keysvc) -> None:
+        """Following next_page_token visits every event once, newest first, and ends with ''."""
+        created = [await _create(keysvc) for _ in range(3)]
+        for key in created[:2]:
+            await keysvc.service.revoke_key("acct_1", key.key.id, ADMIN)
+            keysvc.clock.advance(1)
+        everything = (await keysvc.service.list_audit_events("acct_1")).events
+        seen, sizes, token = [], [], ""
+        while True:
+            page = await keysvc.service.list_audit_events("acct_1", page_size=2, page_token=token)
+            seen += page.events
+            sizes.append(len(page.events))
+            if not (token := page.next_page_token):
+                break
+        assert sizes == [2, 2, 1]
+        assert seen == everything
+        assert [e.occurred_at for e in seen] == sorted((e.occurred_at for e in seen), reverse=True)
+
+    @async_test
+    async def test_refuses_bad_requests(self, keysvc: Keysvc) -> None:
+        """A bad account id, page size or page token (a ListKeys one included) is invalid."""
+        for _ in range(2):
+            await _create(keysvc)
+        keys_token = (await keysvc.service.list_keys("acct_1", page_size=1)).next_page_token
+        assert keys_token
+        with pytest.raises(InvalidArgument, match=r"^page_token: not a token from ListAuditEvents"):
+            await keysvc.service.list_audit_events("acct_1", page_token=keys_token)
+        with pytest.raises(InvalidArgument, match=r"^page_token"):
+            await keysvc.service.list_audit_events("acct_1", page_token="garbage")
+        with pytest.raises(InvalidArgument, match=r"^page_size"):
+            await keysvc.service.list_audit_events("acct_1", page_size=501)
+        with pytest.raises(InvalidArgument, match=r"^page_size"):
+            await keysvc.service.list_audit_events("acct_1", page_size=-1)
+        with pytest.raises(InvalidArgument, match=r"^account_id"):
+            await keysvc.service.list_audit_events("acct 1")

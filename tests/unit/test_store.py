@@ -1,4 +1,4 @@
-"""SqlKeyStore and the migrations, on a real SQLite file."""
+"""SqlKeyStore and the migrations, on a real SQLite file and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import sqlalchemy as sa
 
 from keysvc import keys
 from keysvc.errors import Unavailable
-from keysvc.model import ApiKey, KeyStatus, Mode
-from keysvc.store import Cursor, KeyIdTaken, migrate
+from keysvc.model import Actor, ApiKey, AuditAction, AuditEvent, KeyStatus, Mode
+from keysvc.store import Cursor, KeyIdTaken, migrate, sql
 from keysvc.store.sql import SqlKeyStore, create_engine
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+ADMIN = Actor("admin-token", "ipv4:127.0.0.1:50000")
 
 
 def _api_key(
@@ -39,7 +40,7 @@ def _api_key(
 
 def _insert(store: SqlKeyStore, *api_keys: ApiKey) -> None:
     for key in api_keys:
-        store.insert(key, f"$argon2id$verifier-of-{key.id}")
+        store.insert(key, f"$argon2id$verifier-of-{key.id}", ADMIN)
 
 
 def _list_all(
@@ -50,6 +51,17 @@ def _list_all(
     status: KeyStatus | None = None,
 ) -> list[ApiKey]:
     return store.list(account_id, limit=1000, after=None, mode=mode, status=status)
+
+
+def _events(store: SqlKeyStore, account_id: str = "acct_1") -> list[AuditEvent]:
+    return store.list_audit_events(account_id, limit=1000, after=None)
+
+
+def _one_event(engine: sa.Engine) -> str:
+    """Records one event through the store and returns its id."""
+    store = SqlKeyStore(engine)
+    _insert(store, _api_key())
+    return _events(store)[0].id
 
 
 class TestMigrations:
@@ -83,6 +95,34 @@ class TestMigrations:
         """The newest-first key list of one account is served by an index."""
         indexes = {i["name"]: i["column_names"] for i in sa.inspect(engine).get_indexes("api_keys")}
         assert indexes["ix_api_keys_account_created"] == ["account_id", "created_at", "id"]
+
+    def test_create_the_audit_events_table(self, engine: sa.Engine) -> None:
+        """After migration the audit_events table has every column an event is made of."""
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("audit_events")}
+        assert columns == {
+            "id",
+            "account_id",
+            "action",
+            "key_id",
+            "actor",
+            "peer",
+            "occurred_at",
+        }
+
+    def test_index_the_audit_trail(self, engine: sa.Engine) -> None:
+        """The newest-first audit trail of one account is served by an index."""
+        indexes = {
+            i["name"]: i["column_names"] for i in sa.inspect(engine).get_indexes("audit_events")
+        }
+        assert indexes["ix_audit_events_account_occurred"] == ["account_id", "occurred_at", "id"]
+
+    def test_refuse_an_unknown_action(self, engine: sa.Engine) -> None:
+        """The database itself refuses an event that is neither key_created nor key_revoked."""
+        with engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
+            conn.exec_driver_sql(
+                "INSERT INTO audit_events (id, account_id, action, key_id, actor, peer,"
+                " occurred_at) VALUES ('e', 'a', 'key_deleted', 'k', 'x', 'p', '2026-01-01')"
+            )
 
     def test_upgrading_twice_changes_nothing(self, engine: sa.Engine, store: SqlKeyStore) -> None:
         """Running the migrations on a current database keeps it current and keeps its rows."""
@@ -180,7 +220,7 @@ class TestList:
             if not page:
                 break
             pages.append(page)
-            after = Cursor(created_at=page[-1].created_at, key_id=page[-1].id)
+            after = Cursor(at=page[-1].created_at, id=page[-1].id)
         listed = [k for page in pages for k in page]
         assert [len(page) for page in pages] == [3, 3, 3, 3]
         assert listed == sorted(created, key=lambda k: (k.created_at, k.id), reverse=True)
@@ -197,7 +237,7 @@ class TestList:
         active = _api_key(created_at=T0)
         revoked = _api_key(created_at=T0 + timedelta(seconds=1))
         _insert(store, active, revoked)
-        store.revoke("acct_1", revoked.id, T0 + timedelta(hours=1))
+        store.revoke("acct_1", revoked.id, T0 + timedelta(hours=1), ADMIN)
         assert [k.id for k in _list_all(store, status=KeyStatus.ACTIVE)] == [active.id]
         assert [k.id for k in _list_all(store, status=KeyStatus.REVOKED)] == [revoked.id]
         assert [k.id for k in _list_all(store)] == [revoked.id, active.id]
@@ -214,7 +254,7 @@ class TestRevoke:
         key = _api_key()
         _insert(store, key)
         at = T0 + timedelta(hours=1)
-        revoked = store.revoke("acct_1", key.id, at)
+        revoked = store.revoke("acct_1", key.id, at, ADMIN)
         assert revoked is not None and revoked.revoked_at == at
         assert revoked.status is KeyStatus.REVOKED
         assert store.get("acct_1", key.id) == revoked
@@ -224,8 +264,8 @@ class TestRevoke:
         key = _api_key()
         _insert(store, key)
         first = T0 + timedelta(hours=1)
-        store.revoke("acct_1", key.id, first)
-        again = store.revoke("acct_1", key.id, first + timedelta(hours=1))
+        store.revoke("acct_1", key.id, first, ADMIN)
+        again = store.revoke("acct_1", key.id, first + timedelta(hours=1), ADMIN)
         assert again is not None and again.revoked_at == first
         stored = store.get("acct_1", key.id)
         assert stored is not None and stored.revoked_at == first
@@ -234,13 +274,187 @@ class TestRevoke:
         """Revoking another account's key returns None and leaves that key active."""
         theirs = _api_key(account_id="acct_other")
         _insert(store, theirs)
-        assert store.revoke("acct_1", theirs.id, T0 + timedelta(hours=1)) is None
+        assert store.revoke("acct_1", theirs.id, T0 + timedelta(hours=1), ADMIN) is None
         stored = store.get("acct_other", theirs.id)
         assert stored is not None and stored.status is KeyStatus.ACTIVE
 
     def test_an_unknown_key_is_none(self, store: SqlKeyStore) -> None:
         """Revoking an id no key has returns None."""
-        assert store.revoke("acct_1", keys.new_key_id(), T0) is None
+        assert store.revoke("acct_1", keys.new_key_id(), T0, ADMIN) is None
+
+
+class TestAuditEventsAreWrittenWithTheChange:
+    def test_inserting_a_key_records_its_creation(self, store: SqlKeyStore) -> None:
+        """A stored key comes with a key_created event by the actor, at the key's created_at."""
+        key = _api_key()
+        store.insert(key, "$argon2id$v", Actor("dashboard", "ipv4:10.0.0.7:41234"))
+        [event] = _events(store)
+        assert event == AuditEvent(
+            id=event.id,
+            account_id="acct_1",
+            action=AuditAction.KEY_CREATED,
+            key_id=key.id,
+            actor="dashboard",
+            peer="ipv4:10.0.0.7:41234",
+            occurred_at=key.created_at,
+        )
+        assert event.occurred_at.tzinfo is not None
+
+    def test_events_have_distinct_random_ids(self, store: SqlKeyStore) -> None:
+        """Each event gets its own public id of 16 base62 characters."""
+        _insert(store, *[_api_key() for _ in range(5)])
+        ids = [event.id for event in _events(store)]
+        assert len(set(ids)) == 5
+        assert all(len(i) == 16 and set(i) <= set(keys.ALPHABET) for i in ids)
+
+    def test_a_refused_key_records_nothing(self, store: SqlKeyStore) -> None:
+        """A key refused for an id collision leaves no event behind."""
+        first = _api_key()
+        _insert(store, first)
+        with pytest.raises(KeyIdTaken):
+            _insert(store, _api_key(first.id, account_id="acct_other"))
+        assert [e.key_id for e in _events(store)] == [first.id]
+        assert _events(store, "acct_other") == []
+
+    def test_a_key_whose_event_cannot_be_written_is_not_stored(
+        self, store: SqlKeyStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Key and event are one transaction: when the event's insert fails, so does the key's."""
+        monkeypatch.setattr(sql, "_new_event_id", lambda: "sameEventId00000")
+        first, second = _api_key(), _api_key()
+        _insert(store, first)
+        with pytest.raises(KeyIdTaken):
+            _insert(store, second)
+        assert store.get("acct_1", second.id) is None
+        assert [e.key_id for e in _events(store)] == [first.id]
+
+    def test_revoking_records_the_revocation(self, store: SqlKeyStore) -> None:
+        """The first revocation records a key_revoked event by the actor, at the revocation."""
+        key = _api_key()
+        _insert(store, key)
+        at = T0 + timedelta(hours=1)
+        store.revoke("acct_1", key.id, at, Actor("ops@example.com", "ipv6:[::1]:50123"))
+        revoked, created = _events(store)
+        assert (revoked.action, revoked.key_id, revoked.occurred_at) == (
+            AuditAction.KEY_REVOKED,
+            key.id,
+            at,
+        )
+        assert (revoked.actor, revoked.peer) == ("ops@example.com", "ipv6:[::1]:50123")
+        assert created.action is AuditAction.KEY_CREATED
+
+    def test_a_repeated_revoke_records_nothing(self, store: SqlKeyStore) -> None:
+        """Revoking a revoked key changes nothing, so the trail keeps the first revocation only."""
+        key = _api_key()
+        _insert(store, key)
+        first = T0 + timedelta(hours=1)
+        store.revoke("acct_1", key.id, first, ADMIN)
+        store.revoke("acct_1", key.id, first + timedelta(hours=1), Actor("other", "ipv4:x:1"))
+        revocations = [e for e in _events(store) if e.action is AuditAction.KEY_REVOKED]
+        assert [(e.actor, e.occurred_at) for e in revocations] == [(ADMIN.name, first)]
+
+    def test_revoking_another_accounts_key_records_nothing(self, store: SqlKeyStore) -> None:
+        """A revocation refused for the account adds no event to either account."""
+        theirs = _api_key(account_id="acct_other")
+        _insert(store, theirs)
+        store.revoke("acct_1", theirs.id, T0 + timedelta(hours=1), ADMIN)
+        assert _events(store) == []
+        assert [e.action for e in _events(store, "acct_other")] == [AuditAction.KEY_CREATED]
+
+    def test_a_revocation_whose_event_cannot_be_written_is_rolled_back(
+        self, store: SqlKeyStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Revocation and event are one transaction: when the event fails, the key stays active."""
+        monkeypatch.setattr(sql, "_new_event_id", lambda: "sameEventId00000")
+        key = _api_key()
+        _insert(store, key)
+        with pytest.raises(sa.exc.IntegrityError):
+            store.revoke("acct_1", key.id, T0 + timedelta(hours=1), ADMIN)
+        stored = store.get("acct_1", key.id)
+        assert stored is not None and stored.status is KeyStatus.ACTIVE
+        assert [e.action for e in _events(store)] == [AuditAction.KEY_CREATED]
+
+
+class TestAuditEventsAreAppendOnly:
+    def test_the_database_refuses_update(self, engine: sa.Engine) -> None:
+        """An UPDATE of a recorded event, from any client, is refused and changes nothing."""
+        event_id = _one_event(engine)
+        with engine.begin() as conn, pytest.raises(sa.exc.IntegrityError, match="append-only"):
+            conn.exec_driver_sql("UPDATE audit_events SET actor = 'someone else'")
+        [event] = _events(SqlKeyStore(engine))
+        assert (event.id, event.actor) == (event_id, ADMIN.name)
+
+    def test_the_database_refuses_delete(self, engine: sa.Engine) -> None:
+        """A DELETE of recorded events, from any client, is refused and removes nothing."""
+        event_id = _one_event(engine)
+        with engine.begin() as conn, pytest.raises(sa.exc.IntegrityError, match="append-only"):
+            conn.exec_driver_sql("DELETE FROM audit_events")
+        assert [e.id for e in _events(SqlKeyStore(engine))] == [event_id]
+
+    def test_the_database_refuses_an_overwriting_insert(self, engine: sa.Engine) -> None:
+        """An insert that would replace an event with the same id (an upsert) is refused."""
+        event_id = _one_event(engine)
+        upsert = {
+            "sqlite": "INSERT OR REPLACE INTO audit_events"
+            " SELECT id, account_id, action, key_id, 'forged', peer, occurred_at"
+            " FROM audit_events",
+            "postgresql": "INSERT INTO audit_events SELECT * FROM audit_events"
+            " ON CONFLICT (id) DO UPDATE SET actor = 'forged'",
+        }[engine.dialect.name]
+        with engine.begin() as conn, pytest.raises(sa.exc.IntegrityError, match="append-only"):
+            conn.exec_driver_sql(upsert)
+        [event] = _events(SqlKeyStore(engine))
+        assert (event.id, event.actor) == (event_id, ADMIN.name)
+
+    def test_postgresql_refuses_truncate(self, engine: sa.Engine) -> None:
+        """On PostgreSQL, TRUNCATE (which skips row triggers) is refused as well."""
+        if engine.dialect.name != "postgresql":
+            pytest.skip("SQLite has no TRUNCATE; its DELETE trigger covers DELETE without WHERE")
+        event_id = _one_event(engine)
+        with engine.begin() as conn, pytest.raises(sa.exc.IntegrityError, match="append-only"):
+            conn.exec_driver_sql("TRUNCATE audit_events")
+        assert [e.id for e in _events(SqlKeyStore(engine))] == [event_id]
+
+
+class TestListAuditEvents:
+    def test_lists_newest_first(self, store: SqlKeyStore) -> None:
+        """An account's events come newest first, revocations among creations."""
+        old, new = _api_key(created_at=T0), _api_key(created_at=T0 + timedelta(seconds=2))
+        _insert(store, new, old)
+        store.revoke("acct_1", old.id, T0 + timedelta(seconds=1), ADMIN)
+        assert [(e.action, e.key_id) for e in _events(store)] == [
+            (AuditAction.KEY_CREATED, new.id),
+            (AuditAction.KEY_REVOKED, old.id),
+            (AuditAction.KEY_CREATED, old.id),
+        ]
+
+    def test_never_lists_other_accounts_events(self, store: SqlKeyStore) -> None:
+        """Only the account's own events are listed."""
+        mine = _api_key()
+        theirs = _api_key(account_id="acct_2")
+        _insert(store, mine, theirs, _api_key(account_id="acct_10"))
+        store.revoke("acct_2", theirs.id, T0 + timedelta(hours=1), ADMIN)
+        assert [e.key_id for e in _events(store)] == [mine.id]
+        assert _events(store, "acct_unknown") == []
+
+    def test_pages_through_events_at_the_same_instant(self, store: SqlKeyStore) -> None:
+        """Keyset pages cover every event exactly once, even when many share occurred_at."""
+        _insert(store, *[_api_key(created_at=T0) for _ in range(7)])
+        _insert(store, *[_api_key(created_at=T0 + timedelta(microseconds=1)) for _ in range(3)])
+        pages: list[list[AuditEvent]] = []
+        after: Cursor | None = None
+        while page := store.list_audit_events("acct_1", limit=3, after=after):
+            pages.append(page)
+            after = Cursor(at=page[-1].occurred_at, id=page[-1].id)
+        listed = [e for page in pages for e in page]
+        assert [len(page) for page in pages] == [3, 3, 3, 1]
+        assert listed == sorted(_events(store), key=lambda e: (e.occurred_at, e.id), reverse=True)
+        assert len({e.id for e in listed}) == 10
+
+    def test_limit_caps_the_page(self, store: SqlKeyStore) -> None:
+        """At most `limit` events come back."""
+        _insert(store, *[_api_key(created_at=T0 + timedelta(seconds=s)) for s in range(5)])
+        assert len(store.list_audit_events("acct_1", limit=2, after=None)) == 2
 
 
 class TestRecordLastUsed:

@@ -1,9 +1,13 @@
 """Typed Python client for keysvc, the API key service of the payments platform.
 
 keysvc_client.KeyServiceClient blocks; keysvc_client.aio.KeyServiceClient is its asyncio twin.
+keysvc_client.Guard is what API servers keep to check each request's key (asyncio:
+keysvc_client.aio.Guard); keysvc_client.integrations has the glue for web frameworks and gRPC.
 """
 
 from keysvc_client._common import ModeLike, StatusLike
+from keysvc_client._guard import Guard
+from keysvc_client._guard_common import KeyContext, Verdict, VerdictReason
 from keysvc_client._sync import KeyServiceClient
 from keysvc_client.errors import (
     InvalidArgument,
@@ -25,8 +29,10 @@ Scope = keysvc_pb2.Scope
 __all__ = [
     "AuthorizeResponse",
     "CreateKeyResponse",
+    "Guard",
     "InvalidArgument",
     "Key",
+    "KeyContext",
     "KeyServiceClient",
     "KeysvcError",
     "ListKeysResponse",
@@ -37,6 +43,8 @@ __all__ = [
     "StatusLike",
     "Unauthenticated",
     "Unavailable",
+    "Verdict",
+    "VerdictReason",
     "from_rpc_error",
     "keysvc_pb2",
     "keysvc_pb2_grpc",

@@ -10,6 +10,7 @@ import grpc
 
 from keysvc_client import _common
 from keysvc_client._common import ModeLike, StatusLike
+from keysvc_client._tls import PemSource, channel_security
 from keysvc_client.errors import from_rpc_error
 from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
 
@@ -20,8 +21,15 @@ class KeyServiceClient:
     """A blocking client for keysvc.
 
     Every call uses `timeout` seconds and, if `admin_token` is given, sends it as
-    `authorization: Bearer <token>`. Failed calls raise keysvc_client.errors.KeysvcError
-    subclasses. Use it as a context manager, or call close(), to release the channel.
+    `authorization: Bearer <token>` (an authorizer's token goes there too). Failed calls
+    raise keysvc_client.errors.KeysvcError subclasses. Use it as a context manager, or
+    call close(), to release the channel.
+
+    TLS: `tls_ca` (the CA that signed the server's certificate; None trusts the system's),
+    and for mutual TLS `tls_cert` and `tls_key` (the client's certificate and key), each a
+    PEM file's path or the PEM as bytes. Giving any of them makes the channel TLS;
+    `credentials` instead gives full control. `tls_server_name` is the name to expect in
+    the server's certificate when it is not the target's host.
     """
 
     def __init__(
@@ -32,9 +40,21 @@ class KeyServiceClient:
         timeout: float = 5.0,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self._timeout = timeout
         self._metadata = _common.metadata_for(admin_token)
+        credentials, options = channel_security(
+            credentials=credentials,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+            options=options,
+        )
         if credentials is None:
             self._channel: grpc.Channel = grpc.insecure_channel(target, options=options)
         else:
@@ -164,3 +184,33 @@ class KeyServiceClient:
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
         return list(response.scopes)
+
+    def list_audit_events(
+        self, account_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> keysvc_pb2.ListAuditEventsResponse:
+        """One page of the account's audit trail (key creations and revocations), newest first."""
+        request = keysvc_pb2.ListAuditEventsRequest(
+            account_id=account_id, page_size=page_size, page_token=page_token
+        )
+        try:
+            response: keysvc_pb2.ListAuditEventsResponse = self._stub.ListAuditEvents(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    def iter_audit_events(
+        self, account_id: str, *, page_size: int = 0
+    ) -> Iterator[keysvc_pb2.AuditEvent]:
+        """Every audit event of the account, newest first, fetching pages as needed.
+
+        Each page is its own call with its own timeout, so errors surface mid-iteration.
+        """
+        page_token = ""
+        while True:
+            page = self.list_audit_events(account_id, page_size=page_size, page_token=page_token)
+            yield from page.events
+            page_token = page.next_page_token
+            if not page_token:
+                return

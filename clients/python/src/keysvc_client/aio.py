@@ -9,11 +9,13 @@ from typing import Any, Self
 import grpc
 
 from keysvc_client import _common
+from keysvc_client._aio_guard import Guard
 from keysvc_client._common import ModeLike, StatusLike
+from keysvc_client._tls import PemSource, channel_security
 from keysvc_client.errors import from_rpc_error
 from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
 
-__all__ = ["KeyServiceClient"]
+__all__ = ["Guard", "KeyServiceClient"]
 
 
 class KeyServiceClient:
@@ -31,9 +33,21 @@ class KeyServiceClient:
         timeout: float = 5.0,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self._timeout = timeout
         self._metadata = _common.metadata_for(admin_token)
+        credentials, options = channel_security(
+            credentials=credentials,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+            options=options,
+        )
         if credentials is None:
             self._channel: grpc.aio.Channel = grpc.aio.insecure_channel(target, options=options)
         else:
@@ -168,3 +182,36 @@ class KeyServiceClient:
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from err
         return list(response.scopes)
+
+    async def list_audit_events(
+        self, account_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> keysvc_pb2.ListAuditEventsResponse:
+        """One page of the account's audit trail (key creations and revocations), newest first."""
+        request = keysvc_pb2.ListAuditEventsRequest(
+            account_id=account_id, page_size=page_size, page_token=page_token
+        )
+        try:
+            response: keysvc_pb2.ListAuditEventsResponse = await self._stub.ListAuditEvents(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+        return response
+
+    async def iter_audit_events(
+        self, account_id: str, *, page_size: int = 0
+    ) -> AsyncIterator[keysvc_pb2.AuditEvent]:
+        """Every audit event of the account, newest first, fetching pages as needed.
+
+        Each page is its own call with its own timeout, so errors surface mid-iteration.
+        """
+        page_token = ""
+        while True:
+            page = await self.list_audit_events(
+                account_id, page_size=page_size, page_token=page_token
+            )
+            for event in page.events:
+                yield event
+            page_token = page.next_page_token
+            if not page_token:
+                return

@@ -1,0 +1,174 @@
+"""The blocking Guard: what an API server keeps for its lifetime to check each request's key."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+from keysvc_client import _common, _guard_common
+from keysvc_client._common import ModeLike
+from keysvc_client._guard_common import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, Verdict
+from keysvc_client._tls import PemSource, channel_security
+from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
+
+__all__ = ["Guard"]
+
+
+class Guard:
+    """Checks the key of each request an API server receives, with keysvc's Authorize.
+
+    Build one per process and keep it: it holds one channel to keysvc, made on the first
+    check (after any fork, so pre-forking servers are safe). Each check has a deadline of
+    `timeout` seconds (50 ms by default), within which gRPC retries an UNAVAILABLE Authorize
+    with a short backoff (`max_attempts` in all; 1 turns retries off).
+
+    check() never raises for keysvc being down, slow or refusing this server: it returns a
+    Verdict whose status is 200 only when keysvc allowed the key. When keysvc cannot decide
+    the status is `unavailable_status` (503; any 5xx may be chosen, nothing else), and when
+    keysvc refuses this server's own request (wrong `token`, unknown scope) it is 500.
+    There is no fail-open setting.
+
+    `token` is this API server's credential (an authorizer's token from keysvc's callers
+    file); a loopback keysvc with no authorizers configured needs none. `required_mode`
+    ("live" or "test") refuses keys of the other mode, as a staging server refuses live keys.
+    TLS: `tls_ca`, `tls_cert`, `tls_key`, `tls_server_name` and `credentials` as
+    keysvc_client.KeyServiceClient takes them.
+    """
+
+    DEFAULT_TIMEOUT = DEFAULT_TIMEOUT
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        required_mode: ModeLike | None = None,
+        unavailable_status: int = 503,
+        realm: str = "api",
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
+        tls_server_name: str | None = None,
+    ) -> None:
+        self._settings = _guard_common.settings(
+            timeout=timeout,
+            required_mode=required_mode,
+            unavailable_status=unavailable_status,
+            realm=realm,
+            max_attempts=max_attempts,
+        )
+        self._target = target
+        self._metadata = _common.metadata_for(token)
+        # Checked now, so a bad certificate path fails at start-up rather than on a request.
+        self._credentials, self._options = channel_security(
+            credentials=credentials,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+            options=_guard_common.channel_options(self._settings, options),
+        )
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._stub: keysvc_pb2_grpc.KeyServiceStub | None = None
+        self._pid = 0
+
+    @property
+    def target(self) -> str:
+        return self._target
+
+    @property
+    def timeout(self) -> float:
+        return self._settings.timeout
+
+    @property
+    def required_mode(self) -> str | None:
+        return self._settings.mode_name
+
+    @property
+    def realm(self) -> str:
+        return self._settings.realm
+
+    def check(self, authorization: str | None, scopes: Iterable[str] = ()) -> Verdict:
+        """The verdict on a request carrying this Authorization header value (None: no header).
+
+        Every scope in `scopes` must be held. Never raises for keysvc's sake.
+        """
+        required = _guard_common.required_scopes(scopes)
+        api_key = _guard_common.precheck(authorization, required)
+        if isinstance(api_key, Verdict):
+            return api_key
+        request = keysvc_pb2.AuthorizeRequest(
+            api_key=api_key,
+            required_scopes=list(required),
+            required_mode=self._settings.required_mode,
+        )
+        try:
+            response: keysvc_pb2.AuthorizeResponse = self._authorizer().Authorize(
+                request, timeout=self._settings.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            return _guard_common.from_rpc_failure(err, api_key, required, self._settings)
+        return _guard_common.from_response(response, required, self._settings)
+
+    def wait_ready(self, timeout: float = 5.0) -> bool:
+        """Connects to keysvc now; False if it cannot within `timeout` seconds.
+
+        Optional: a start-up that calls it spares the first request the connection set-up.
+        """
+        self._authorizer()
+        assert self._channel is not None
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+            self._channel = self._stub = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        # Never the token.
+        return (
+            f"Guard({self._target!r}, timeout={self.timeout}, required_mode={self.required_mode!r})"
+        )
+
+    def _authorizer(self) -> keysvc_pb2_grpc.KeyServiceStub:
+        stub, pid = self._stub, os.getpid()
+        if stub is not None and self._pid == pid:
+            return stub
+        with self._lock:
+            if self._stub is None or self._pid != pid:
+                # A channel inherited across fork() does not work in the child: start afresh.
+                if self._credentials is None:
+                    channel = grpc.insecure_channel(self._target, options=self._options)
+                else:
+                    channel = grpc.secure_channel(
+                        self._target, self._credentials, options=self._options
+                    )
+                self._channel, self._pid = channel, pid
+                self._stub = keysvc_pb2_grpc.KeyServiceStub(channel)
+            return self._stub

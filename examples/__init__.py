@@ -1,0 +1,1 @@
+"""Runnable examples of keysvc's client; `make example` starts api_server."""
