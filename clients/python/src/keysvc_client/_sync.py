@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -15,6 +15,9 @@ from keysvc_client.errors import from_rpc_error
 from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
 
 __all__ = ["KeyServiceClient"]
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 class KeyServiceClient:
@@ -61,6 +64,13 @@ class KeyServiceClient:
             self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub: keysvc_pb2_grpc.KeyServiceStub = keysvc_pb2_grpc.KeyServiceStub(self._channel)
 
+    def _call(self, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+        """One call with the client's deadline and credential; KeysvcError on failure."""
+        try:
+            return rpc(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
     def close(self) -> None:
         self._channel.close()
 
@@ -80,23 +90,11 @@ class KeyServiceClient:
     ) -> keysvc_pb2.CreateKeyResponse:
         """Creates a key; the response's `secret` is the raw key, shown this once only."""
         request = _common.create_key_request(account_id, name, mode, scopes)
-        try:
-            response: keysvc_pb2.CreateKeyResponse = self._stub.CreateKey(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        return self._call(self._stub.CreateKey, request)
 
     def get_key(self, account_id: str, key_id: str) -> keysvc_pb2.Key:
         request = keysvc_pb2.GetKeyRequest(account_id=account_id, id=key_id)
-        try:
-            response: keysvc_pb2.Key = self._stub.GetKey(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        return self._call(self._stub.GetKey, request)
 
     def list_keys(
         self,
@@ -111,13 +109,7 @@ class KeyServiceClient:
         request = _common.list_keys_request(
             account_id, page_size=page_size, page_token=page_token, mode=mode, status=status
         )
-        try:
-            response: keysvc_pb2.ListKeysResponse = self._stub.ListKeys(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        return self._call(self._stub.ListKeys, request)
 
     def iter_keys(
         self,
@@ -143,13 +135,7 @@ class KeyServiceClient:
 
     def revoke_key(self, account_id: str, key_id: str) -> keysvc_pb2.Key:
         request = keysvc_pb2.RevokeKeyRequest(account_id=account_id, id=key_id)
-        try:
-            response: keysvc_pb2.Key = self._stub.RevokeKey(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        return self._call(self._stub.RevokeKey, request)
 
     def authorize(
         self,
@@ -177,12 +163,7 @@ class KeyServiceClient:
 
     def list_scopes(self) -> list[keysvc_pb2.Scope]:
         """The scope catalogue keys can be granted from."""
-        try:
-            response: keysvc_pb2.ListScopesResponse = self._stub.ListScopes(
-                keysvc_pb2.ListScopesRequest(), timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+        response = self._call(self._stub.ListScopes, keysvc_pb2.ListScopesRequest())
         return list(response.scopes)
 
     def list_audit_events(
@@ -192,13 +173,7 @@ class KeyServiceClient:
         request = keysvc_pb2.ListAuditEventsRequest(
             account_id=account_id, page_size=page_size, page_token=page_token
         )
-        try:
-            response: keysvc_pb2.ListAuditEventsResponse = self._stub.ListAuditEvents(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        return self._call(self._stub.ListAuditEvents, request)
 
     def iter_audit_events(
         self, account_id: str, *, page_size: int = 0

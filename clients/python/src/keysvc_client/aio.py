@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -16,6 +16,10 @@ from keysvc_client.errors import from_rpc_error
 from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
 
 __all__ = ["Guard", "KeyServiceClient"]
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 class KeyServiceClient:
@@ -58,6 +62,13 @@ class KeyServiceClient:
         stub: Any = keysvc_pb2_grpc.KeyServiceStub(self._channel)
         self._stub: keysvc_pb2_grpc.KeyServiceAsyncStub = stub
 
+    async def _call(self, rpc: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+        """One call with the client's deadline and credential; KeysvcError on failure."""
+        try:
+            return await rpc(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+
     async def close(self) -> None:
         await self._channel.close()
 
@@ -77,23 +88,11 @@ class KeyServiceClient:
     ) -> keysvc_pb2.CreateKeyResponse:
         """Creates a key; the response's `secret` is the raw key, shown this once only."""
         request = _common.create_key_request(account_id, name, mode, scopes)
-        try:
-            response: keysvc_pb2.CreateKeyResponse = await self._stub.CreateKey(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        return await self._call(self._stub.CreateKey, request)
 
     async def get_key(self, account_id: str, key_id: str) -> keysvc_pb2.Key:
         request = keysvc_pb2.GetKeyRequest(account_id=account_id, id=key_id)
-        try:
-            response: keysvc_pb2.Key = await self._stub.GetKey(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        return await self._call(self._stub.GetKey, request)
 
     async def list_keys(
         self,
@@ -108,13 +107,7 @@ class KeyServiceClient:
         request = _common.list_keys_request(
             account_id, page_size=page_size, page_token=page_token, mode=mode, status=status
         )
-        try:
-            response: keysvc_pb2.ListKeysResponse = await self._stub.ListKeys(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        return await self._call(self._stub.ListKeys, request)
 
     async def iter_keys(
         self,
@@ -141,13 +134,7 @@ class KeyServiceClient:
 
     async def revoke_key(self, account_id: str, key_id: str) -> keysvc_pb2.Key:
         request = keysvc_pb2.RevokeKeyRequest(account_id=account_id, id=key_id)
-        try:
-            response: keysvc_pb2.Key = await self._stub.RevokeKey(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        return await self._call(self._stub.RevokeKey, request)
 
     async def authorize(
         self,
@@ -175,12 +162,7 @@ class KeyServiceClient:
 
     async def list_scopes(self) -> list[keysvc_pb2.Scope]:
         """The scope catalogue keys can be granted from."""
-        try:
-            response: keysvc_pb2.ListScopesResponse = await self._stub.ListScopes(
-                keysvc_pb2.ListScopesRequest(), timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from err
+        response = await self._call(self._stub.ListScopes, keysvc_pb2.ListScopesRequest())
         return list(response.scopes)
 
     async def list_audit_events(
@@ -190,13 +172,7 @@ class KeyServiceClient:
         request = keysvc_pb2.ListAuditEventsRequest(
             account_id=account_id, page_size=page_size, page_token=page_token
         )
-        try:
-            response: keysvc_pb2.ListAuditEventsResponse = await self._stub.ListAuditEvents(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from err
-        return response
+        return await self._call(self._stub.ListAuditEvents, request)
 
     async def iter_audit_events(
         self, account_id: str, *, page_size: int = 0
