@@ -58,8 +58,11 @@ class Gate:
         """
         if rpc in AUTHORIZER_RPCS and self._open_authorize:
             return ANONYMOUS
-        caller = self._callers.by_token(bearer_token(metadata()))
-        if caller is None:
+        token = bearer_token(metadata())
+        if token is not None:
+            # A token that is sent must be right: a wrong one is never excused by a certificate.
+            caller = self._callers.by_token(token)
+        else:
             caller = self._callers.by_client_identity(certificate_identities(auth_context()))
         if caller is None:
             raise Unauthenticated(

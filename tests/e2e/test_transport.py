@@ -318,6 +318,24 @@ class TestMutualTls:
         assert fetched.HasField("revoked_at")
         assert len(scopes) == 9
 
+    def test_a_wrong_token_is_not_excused_by_an_admin_certificate(
+        self, mtls_server: ServerProcess, certificates: Certificates
+    ) -> None:
+        """A request carrying a wrong token is UNAUTHENTICATED even with an admin's certificate."""
+        client = certificates.client("ops-console", san="client.test", trusted=True)
+        with (
+            KeyServiceClient(
+                mtls_server.target,
+                timeout=TIMEOUT,
+                admin_token="kst_not-a-token-keysvc-knows",
+                tls_ca=certificates.ca_pem.read_bytes(),
+                tls_cert=client.cert.read_bytes(),
+                tls_key=client.key.read_bytes(),
+            ) as keysvc,
+            pytest.raises(Unauthenticated),
+        ):
+            keysvc.list_scopes()
+
     def test_a_subject_alternative_name_names_the_caller(
         self, mtls_server: ServerProcess, certificates: Certificates
     ) -> None:
