@@ -97,8 +97,9 @@ class _Process:
 class PrivateRedis(_Process):
     """A redis-server of its own on a free port, keeping nothing on disk (like the shared one)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, password: str | None = None) -> None:
         self.binary = _binary("redis-server")
+        self.password = password
         self.port = free_port()
         self.workdir = workdir
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -113,6 +114,7 @@ class PrivateRedis(_Process):
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", str(self.workdir),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -123,7 +125,8 @@ class PrivateRedis(_Process):
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                # With a password, Redis answers NOAUTH: up all the same.
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

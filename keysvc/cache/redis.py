@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from keysvc.cache.pipelined import PipelinedGet
 from keysvc.errors import Unavailable
 from keysvc.model import KeyGrant, Mode
 
@@ -120,6 +121,12 @@ class RedisKeyCache:
         self._epoch_key = f"{prefix}epoch"
         self._ttl_ms = int(ttl_seconds * 1000)
         self._revoked_ttl_ms = int(revoked_ttl_seconds * 1000)
+        # The hot path's GET skips redis-py where it can (see keysvc.cache.pipelined).
+        self._lean = (
+            PipelinedGet(url, timeout_seconds=timeout_seconds)
+            if PipelinedGet.supports(url)
+            else None
+        )
         self._fill = self._redis.register_script(_FILL)
         self._epoch = self._redis.register_script(_EPOCH)
         self._revoke = self._redis.register_script(_REVOKE)
@@ -135,6 +142,9 @@ class RedisKeyCache:
             raise Unavailable("cache unavailable") from err
 
     async def get(self, key_id: str) -> KeyGrant | None:
+        if self._lean is not None:
+            raw = await self._call(self._lean.get(self._grant_key(key_id)))
+            return None if raw is None else decode(raw.decode())
         value = await self._call(self._redis.get(self._grant_key(key_id)))
         return None if value is None else decode(value)
 
@@ -156,4 +166,6 @@ class RedisKeyCache:
         await self._call(self._redis.ping())
 
     async def close(self) -> None:
+        if self._lean is not None:
+            await self._lean.close()
         await self._redis.aclose()
