@@ -34,7 +34,11 @@ class PermissionDenied(KeysvcError):
 
 
 class Unavailable(KeysvcError):
-    """A backend cannot answer now; nothing was decided and nothing half-written."""
+    """A backend cannot answer now, so the call did not complete; retrying is safe.
+
+    Nothing is half-written. A RevokeKey may already be in the database while a cache
+    copy still says active: it answers this error rather than OK, until a retry lands.
+    """
 
 
 class StartupError(Exception):
