@@ -8,7 +8,6 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,17 +37,6 @@ from keysvc.workers import Workers
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KeyService"].full_name
-
-
-@dataclass
-class Running:
-    """A started server: its bound address and the parts tests and shutdown reach for."""
-
-    server: grpc.aio.Server
-    address: str
-    authorizer: Authorizer
-    recorder: LastUsedRecorder
-    health: health.aio.HealthServicer
 
 
 def open_database(settings: Settings) -> Engine:
@@ -135,7 +123,7 @@ async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Running]:
+async def running(settings: Settings) -> AsyncIterator[None]:
     """Serves until the block exits, then shuts down gracefully."""
     credentials = access.server_credentials(settings)
     gate = access.gate(settings)
@@ -188,7 +176,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     log.info("transport: %s", _transport(settings))
     log.info("keysvc listening on %s", address)
     try:
-        yield Running(server, address, authorizer, recorder, health_servicer)
+        yield
     finally:
         log.info("shutting down: refusing new calls, finishing in-flight ones")
         for task in background:
