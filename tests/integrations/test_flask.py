@@ -1,5 +1,6 @@
-"""What only the Flask integration does: protect()'s safety net for views left unprotected or
-decorated in the wrong order, view arguments, and mistakes refused at import.
+"""What only the Flask integration does: protect()'s safety net for views left unprotected,
+decorated in the wrong order or wrapped above requires(), blueprints under SCRIPT_NAME on a
+real werkzeug server, each request's own key, view arguments, and mistakes refused at import.
 
 The behaviour common to every integration (200, 401, 403, 503, revocation, modes) is in
 test_http.py.
@@ -7,6 +8,7 @@ test_http.py.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +20,9 @@ from keysvc_client.integrations.flask import authorized_key, protect, requires
 
 from tests.e2e.harness import ServerProcess
 
+from . import servers
 from .conftest import TIMEOUT, Keys
+from .servers import SampleServer
 
 pytestmark = pytest.mark.slow
 
@@ -120,3 +124,91 @@ class TestMistakesFailAtImport:
     def test_a_prefix_that_is_not_a_path(self) -> None:
         with pytest.raises(ValueError, match="prefix"):
             protect(flask.Flask(__name__), prefix="api")
+
+
+@pytest.fixture(scope="module")
+def mounted(
+    server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SampleServer]:
+    """The blueprint app mounted under /api by a dispatcher, on werkzeug with one thread and an
+    app context pushed for the process's lifetime (see sample_apps.flask_app)."""
+    with servers.wsgi("flask", server.target, tmp_path_factory.mktemp("flask")) as app:
+        yield app
+
+
+class TestUnderScriptName:
+    """An app mounted under /api sees request.path without it: protect() still covers it."""
+
+    def test_a_blueprint_view_is_checked(self, mounted: SampleServer, keys: Keys) -> None:
+        assert mounted.request("GET", "/api/v1/links/plink_1").reason == "missing"
+        created = keys.new(["links:read"])
+        answer = mounted.request("GET", "/api/v1/links/plink_1", created.secret)
+        assert answer.body == {"handler": "get_link", "key_id": created.key.id}
+
+    def test_an_unguarded_blueprint_view_is_refused_with_500(
+        self, mounted: SampleServer, keys: Keys
+    ) -> None:
+        ran = mounted.ran()
+        answer = mounted.request("GET", "/api/v1/links/forgotten/x", keys.bearer())
+        assert (answer.status, answer.reason) == (500, "misconfigured")
+        assert mounted.ran() == ran
+        assert "'/api/v1/links/forgotten/x' reaches view 'links.forgotten'" in mounted.log()
+
+
+class TestTheFirstRequestNamesEveryUnguardedView:
+    def test_each_mistake_is_logged_before_any_request_reaches_it(
+        self, mounted: SampleServer
+    ) -> None:
+        """The app's first request, even a public one, logs every unguarded view and why."""
+        assert mounted.request("GET", "/api/status").status == 200  # public, outside /api/v1/
+        log = mounted.log()
+        for view, problem in [
+            ("links.forgotten", "no requires() protects it"),
+            ("links.upside_down", "requires() is above the route decorator"),
+            ("links.cached_link", "a decorator above requires()"),
+        ]:
+            assert re.search(
+                rf"view '{view}' \(\S+\) is under '/api/v1/' but {re.escape(problem)}", log
+            )
+        assert "'links.get_link'" not in log
+
+
+class TestWrappersAboveRequires:
+    def test_a_response_cache_above_requires_is_refused(
+        self, mounted: SampleServer, keys: Keys
+    ) -> None:
+        """functools.wraps copies requires()'s attributes to the cache's wrapper, which would
+        serve the first key's answer to requests without one: protect() looks past them."""
+        ran = mounted.ran()
+        with_key = mounted.request("GET", "/api/v1/links/plink_7/cached", keys.bearer())
+        without = mounted.request("GET", "/api/v1/links/plink_7/cached")
+        assert (with_key.status, without.status) == (500, 500)
+        assert mounted.ran() == ran
+        assert "a decorator above requires() (response_cache.<locals>.serve) runs before" in (
+            mounted.log()
+        )
+
+
+class TestNoRequestSeesAnothersKey:
+    def test_authorized_key_is_this_requests_only(self, mounted: SampleServer, keys: Keys) -> None:
+        """flask.g outlives requests in the app context the app keeps pushed: neither a public
+        view after a checked request nor a refused request sees the earlier key."""
+        created = keys.new(["links:read"])
+        before = len(mounted.request("GET", "/api/_requests").body["keys"])
+        assert mounted.request("GET", "/api/v1/links/plink_1", created.secret).status == 200
+        public = mounted.request("GET", "/api/status")
+        assert public.body == {"handler": "status", "key_id": None, "g": None}
+        refused = mounted.request("GET", "/api/v1/links/plink_1", "Bearer ck_live_forged")
+        assert refused.status == 401
+        seen = mounted.request("GET", "/api/_requests").body["keys"][before:]
+        assert seen == [created.key.id, None, None]
+
+
+class TestLogging:
+    def test_an_encoded_newline_cannot_forge_a_log_line(self, mounted: SampleServer) -> None:
+        forged = "ERROR:keysvc_client.guard:keysvc allowed everything"
+        path = "/api/v1/links/forgotten/x%0A" + forged.replace(" ", "%20")
+        assert mounted.request("GET", path).status == 500
+        log = mounted.log()
+        assert "forgotten/x\\n" + forged in log
+        assert not re.search("^" + re.escape(forged), log, re.MULTILINE)

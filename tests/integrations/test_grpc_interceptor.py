@@ -1,8 +1,9 @@
 """API servers written in gRPC: the interceptors read the bearer key from each call's metadata
 and answer UNAUTHENTICATED, PERMISSION_DENIED or UNAVAILABLE before any handler runs.
 
-Each specification runs on a grpc.server with KeysvcInterceptor and on a grpc.aio.server with
-AsyncKeysvcInterceptor, both against a real keysvc.
+Each specification runs on a grpc.server with KeysvcInterceptor, and with AsyncKeysvcInterceptor
+on a grpc.aio.server with async handlers and on one with sync handlers (a migration thread
+pool), all against a real keysvc.
 """
 
 from __future__ import annotations
@@ -48,9 +49,21 @@ class LinksServer:
 
     target: str
     ran: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)  # every method it serves
 
 
-def sync_handlers(ran: list[str]) -> list[grpc.GenericRpcHandler]:
+Services = dict[str, dict[str, "grpc.RpcMethodHandler[StringValue, StringValue]"]]
+
+
+def register(
+    server: grpc.Server | grpc.aio.Server, services: Services, served: LinksServer
+) -> None:
+    for service, methods in services.items():
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
+        served.methods.extend(f"/{service}/{method}" for method in methods)
+
+
+def sync_handlers(ran: list[str]) -> Services:
     def unary(name: str) -> grpc.RpcMethodHandler[StringValue, StringValue]:
         def handle(request: StringValue, context: grpc.ServicerContext) -> StringValue:
             ran.append(name)
@@ -62,7 +75,7 @@ def sync_handlers(ran: list[str]) -> list[grpc.GenericRpcHandler]:
 
     def watch(request: StringValue, context: grpc.ServicerContext) -> Iterator[StringValue]:
         ran.append("WatchLinks")
-        for _ in range(2):
+        for _ in range(3):
             yield StringValue(value=whose())
 
     links = {name: unary(name) for name in ("ListLinks", "CreateLink", "Forgotten")} | {
@@ -70,13 +83,10 @@ def sync_handlers(ran: list[str]) -> list[grpc.GenericRpcHandler]:
             watch, StringValue.FromString, StringValue.SerializeToString
         )
     }
-    return [
-        grpc.method_handlers_generic_handler("links.v1.Links", links),
-        grpc.method_handlers_generic_handler("public.v1.Public", {"Ping": unary("Ping")}),
-    ]
+    return {"links.v1.Links": links, "public.v1.Public": {"Ping": unary("Ping")}}
 
 
-def async_handlers(ran: list[str]) -> list[grpc.GenericRpcHandler]:
+def async_handlers(ran: list[str]) -> Services:
     def unary(name: str) -> grpc.RpcMethodHandler[StringValue, StringValue]:
         async def handle(request: StringValue, context: Any) -> StringValue:
             ran.append(name)
@@ -89,7 +99,7 @@ def async_handlers(ran: list[str]) -> list[grpc.GenericRpcHandler]:
 
     async def watch(request: StringValue, context: Any) -> AsyncIterator[StringValue]:
         ran.append("WatchLinks")
-        for _ in range(2):
+        for _ in range(3):
             await asyncio.sleep(0)
             yield StringValue(value=whose())
 
@@ -98,10 +108,7 @@ def async_handlers(ran: list[str]) -> list[grpc.GenericRpcHandler]:
             watch, StringValue.FromString, StringValue.SerializeToString
         )
     }
-    return [
-        grpc.method_handlers_generic_handler("links.v1.Links", links),
-        grpc.method_handlers_generic_handler("public.v1.Public", {"Ping": unary("Ping")}),
-    ]
+    return {"links.v1.Links": links, "public.v1.Public": {"Ping": unary("Ping")}}
 
 
 def run_sync(keysvc_target: str, methods: Mapping[str, Any]) -> Iterator[LinksServer]:
@@ -111,7 +118,7 @@ def run_sync(keysvc_target: str, methods: Mapping[str, Any]) -> Iterator[LinksSe
         interceptors=[KeysvcInterceptor(guard, methods)],
     )
     served = LinksServer("")
-    server.add_generic_rpc_handlers(sync_handlers(served.ran))
+    register(server, sync_handlers(served.ran), served)
     served.target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     server.start()
     yield served
@@ -119,8 +126,16 @@ def run_sync(keysvc_target: str, methods: Mapping[str, Any]) -> Iterator[LinksSe
     guard.close()
 
 
-def run_async(keysvc_target: str, methods: Mapping[str, Any]) -> Iterator[LinksServer]:
-    """A grpc.aio server on an event loop of its own thread, as an asyncio API server runs."""
+def run_async(
+    keysvc_target: str,
+    methods: Mapping[str, Any],
+    handlers: Callable[[list[str]], Services] = async_handlers,
+) -> Iterator[LinksServer]:
+    """A grpc.aio server on an event loop of its own thread, as an asyncio API server runs.
+
+    With sync handlers it has a migration thread pool, as a service moving to grpc.aio keeps
+    its blocking handlers: grpc.aio runs them there, streaming included.
+    """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -128,8 +143,9 @@ def run_async(keysvc_target: str, methods: Mapping[str, Any]) -> Iterator[LinksS
 
     async def start() -> grpc.aio.Server:
         interceptor = AsyncKeysvcInterceptor(aio.Guard(keysvc_target, timeout=TIMEOUT), methods)
-        server = grpc.aio.server(interceptors=[interceptor])
-        server.add_generic_rpc_handlers(async_handlers(served.ran))
+        pool = futures.ThreadPoolExecutor(max_workers=4) if handlers is sync_handlers else None
+        server = grpc.aio.server(interceptors=[interceptor], migration_thread_pool=pool)
+        register(server, handlers(served.ran), served)
         served.target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
         await server.start()
         return server
@@ -142,9 +158,16 @@ def run_async(keysvc_target: str, methods: Mapping[str, Any]) -> Iterator[LinksS
     loop.close()
 
 
+def run_async_with_sync_handlers(
+    keysvc_target: str, methods: Mapping[str, Any]
+) -> Iterator[LinksServer]:
+    return run_async(keysvc_target, methods, sync_handlers)
+
+
 RUNNERS: dict[str, Callable[[str, Mapping[str, Any]], Iterator[LinksServer]]] = {
     "grpc.server": run_sync,
     "grpc.aio.server": run_async,
+    "grpc.aio.server+sync handlers": run_async_with_sync_handlers,
 }
 
 
@@ -219,10 +242,11 @@ class TestAuthorized:
     def test_a_streaming_handler_has_the_key_at_every_step(
         self, links: LinksServer, keys: Keys
     ) -> None:
+        """All three messages reach the caller, a sync generator's on grpc.aio included."""
         created = keys.new(["links:read"])
         outcome = call(links.target, "/links.v1.Links/WatchLinks", created.secret)
         assert outcome.code == grpc.StatusCode.OK
-        assert [value.split()[0] for value in outcome.values] == [created.key.id] * 2
+        assert [value.split()[0] for value in outcome.values] == [created.key.id] * 3
 
     def test_other_services_pass_without_a_key_and_see_none(
         self, links: LinksServer, keys: Keys

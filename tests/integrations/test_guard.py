@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
+import os
 import secrets
 import signal
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,13 +35,17 @@ from keysvc_client import (
     keysvc_pb2_grpc,
 )
 
-from tests.e2e.harness import ServerFactory, ServerProcess
+from tests.e2e.harness import ServerFactory, ServerProcess, poll, with_checksum
 
 from .conftest import TIMEOUT, Keys
 
 pytestmark = pytest.mark.slow
 
 pb = keysvc_pb2
+
+# "Within about a second" of keysvc's return, as the docs promise: gRPC's reconnect backoff is
+# capped at 1 s with up to 20 % jitter.
+RECONNECT = 1.5
 
 
 class TestVerdicts:
@@ -162,6 +171,107 @@ class TestDeadline:
             Guard("127.0.0.1:1", timeout=timeout)
 
 
+class TestReconnect:
+    def test_after_a_long_outage_keysvc_is_found_within_about_a_second(
+        self, servers: ServerFactory
+    ) -> None:
+        """Both Guards keep their channel through an outage long enough for gRPC's reconnect
+        backoff to grow (its default would wait seconds more) and answer 200 again within
+        about a second of keysvc's return, without a restart."""
+        first = servers.start()
+        with first.client() as admin:
+            created = admin.create_key("acct_outage", "k", "live", ["links:read"])
+        header = f"Bearer {created.secret}"
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        blocking, asyncio_guard = (
+            Guard(first.target, timeout=1.0),
+            aio.Guard(first.target, timeout=1.0),
+        )
+
+        # An unknown key id is answered without an argon2 verification: what is timed is the
+        # Guards finding keysvc, not keysvc's first look at a key.
+        unknown = f"Bearer {with_checksum('ck_live_' + 'Zz9' * 4 + 'q' * 32)}"
+
+        def statuses(header: str = header) -> tuple[int, int]:
+            later = asyncio.run_coroutine_threadsafe(asyncio_guard.check(header), loop)
+            return blocking.check(header).status, later.result(TIMEOUT).status
+
+        try:
+            assert statuses() == (200, 200)
+            assert first.stop() == 0
+            outage_ends = time.monotonic() + 5.0
+            while time.monotonic() < outage_ends:
+                assert statuses() == (503, 503)
+                time.sleep(0.2)
+            servers.start("--listen", first.target, data_dir=first.data_dir)
+            back = time.monotonic()
+            poll(lambda: statuses(unknown) == (401, 401), timeout=RECONNECT, what="both Guards")
+            assert time.monotonic() - back < RECONNECT
+            assert statuses() == (200, 200)
+        finally:
+            blocking.close()
+            asyncio.run_coroutine_threadsafe(asyncio_guard.close(), loop).result(TIMEOUT)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(TIMEOUT)
+            loop.close()
+
+
+# Run in a process of its own: fork() from pytest's would copy its threads' half-held locks.
+FORKED_GUARD = """
+import json, os, sys
+from keysvc_client import Guard
+
+target, parent_key, child_key = sys.argv[1:4]
+guard = Guard(target, timeout=5.0)
+assert guard.check(parent_key).allowed  # the parent's channel exists and is connected
+
+
+def key_ids(header):
+    verdicts = [guard.check(header) for _ in range(50)]
+    return sorted({v.key.key_id if v.allowed else v.reason for v in verdicts})
+
+
+read, write = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(read)
+    os.write(write, json.dumps(key_ids(child_key)).encode())
+    os._exit(0)
+os.close(write)
+seen = {"parent": key_ids(parent_key)}
+with os.fdopen(read) as pipe:
+    seen["child"] = json.loads(pipe.read() or "null")
+os.waitpid(child, 0)
+print(json.dumps(seen))
+"""
+
+
+class TestFork:
+    def test_a_guard_used_before_fork_serves_parent_and_child(
+        self, server: ServerProcess, keys: Keys
+    ) -> None:
+        """A pre-forking server's master used the Guard; after fork() the worker and the
+        master check keys at the same time, each getting its own key's verdicts."""
+        parent, child = keys.new(), keys.new()
+        process = subprocess.Popen(
+            [sys.executable, "-c", FORKED_GUARD, server.target, parent.secret, child.secret],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # the forked child too, to end both if they hang
+        )
+        try:
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise AssertionError("a Guard used across fork() hung") from None
+        assert process.returncode == 0, err
+        assert json.loads(out) == {"parent": [parent.key.id], "child": [child.key.id]}
+
+
 class ScriptedKeysvc(keysvc_pb2_grpc.KeyServiceServicer):
     """A stand-in keysvc that fails on cue and counts every call.
 
@@ -253,6 +363,21 @@ class TestRetries:
         with Guard(target, timeout=TIMEOUT) as guard:
             assert guard.check(HEADER).reason == "misconfigured"
         assert fake.calls["Authorize"] == 1
+
+    def test_retries_are_throttled_when_most_calls_fail(
+        self, scripted: tuple[ScriptedKeysvc, str]
+    ) -> None:
+        """keysvc failing every call: after a few failures the Guard stops retrying, so an
+        outage costs keysvc about one attempt per request instead of max_attempts."""
+        fake, target = scripted
+        fake.failures = 10_000
+        calls = 30
+        with Guard(target, timeout=TIMEOUT, max_attempts=3) as guard:
+            verdicts = [guard.check(HEADER) for _ in range(calls)]
+        assert {v.status for v in verdicts} == {503}
+        # Unthrottled, every call would make 3 attempts (90). gRPC's throttle (10 tokens, each
+        # failure costs one, retries stop at half) allows the first few calls their retries.
+        assert calls <= fake.calls["Authorize"] <= calls + 5
 
     def test_create_key_is_never_retried(self, scripted: tuple[ScriptedKeysvc, str]) -> None:
         """The admin client sends CreateKey once: a retry could mint a second key."""

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from keysvc_client import KeyServiceClient
 
-from tests.e2e.harness import KEY_PATTERN, ServerFactory, ServerProcess, with_checksum
+from tests.e2e.harness import KEY_PATTERN, ServerFactory, ServerProcess, poll, with_checksum
 
 from .apps import FLAVOURS, Answer, Api, build
 from .conftest import TIMEOUT, Keys
@@ -21,6 +21,10 @@ from .conftest import TIMEOUT, Keys
 pytestmark = pytest.mark.slow
 
 MakeApi = Callable[..., Api]
+
+# The docs promise the Guard finds keysvc again "within about a second" of its return: gRPC's
+# reconnect backoff is capped at 1 s, with up to 20 % jitter.
+RECONNECT = 1.5
 
 
 @pytest.fixture(params=FLAVOURS)
@@ -197,7 +201,8 @@ class TestKeysvcCannotDecide:
     def test_keysvc_stopping_turns_200_into_503_and_back(
         self, make_api: MakeApi, servers: ServerFactory
     ) -> None:
-        """The app keeps one Guard: 200, keysvc stops (503), keysvc returns on its port (200)."""
+        """The app keeps one Guard: 200, keysvc stops (503), keysvc returns on its port and the
+        next requests find it within about a second (200)."""
         first = servers.start()
         with first.client() as admin:
             created = admin.create_key("acct_outage", "API server", "live", ["links:read"])
@@ -209,11 +214,17 @@ class TestKeysvcCannotDecide:
         assert_refused(api.get("/api/v1/links", header), 503, "unavailable")
 
         servers.start("--listen", first.target, data_dir=first.data_dir)
-        deadline = time.monotonic() + 10
-        while (answer := api.get("/api/v1/links", header)).status == 503:
-            assert time.monotonic() < deadline, "the Guard did not find keysvc again"
-            time.sleep(0.1)
-        assert answer.status == 200
+        back = time.monotonic()  # keysvc answers health checks again
+        # An unknown key id is answered without an argon2 verification: what is timed is the
+        # Guard finding keysvc, not keysvc's first look at a key.
+        unknown = f"Bearer {with_checksum('ck_live_' + 'Zz9' * 4 + 'q' * 32)}"
+        poll(
+            lambda: api.get("/api/v1/links", unknown).status != 503,
+            timeout=RECONNECT,
+            what="the Guard to find keysvc again",
+        )
+        assert time.monotonic() - back < RECONNECT
+        assert api.get("/api/v1/links", header).status == 200
         assert api.handled == ["list_links", "list_links"]
 
     def test_a_frozen_keysvc_is_503_within_the_deadline(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -23,7 +22,7 @@ class Guard:
     """Checks the key of each request an API server receives, with keysvc's Authorize.
 
     Build one per process and keep it: it holds one channel to keysvc, made on the first
-    check (after any fork, so pre-forking servers are safe). Each check has a deadline of
+    check (a channel used before fork() keeps working in the child). Each check has a deadline of
     `timeout` seconds (50 ms by default), within which gRPC retries an UNAVAILABLE Authorize
     with a short backoff (`max_attempts` in all; 1 turns retries off).
 
@@ -80,7 +79,6 @@ class Guard:
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._stub: keysvc_pb2_grpc.KeyServiceStub | None = None
-        self._pid = 0
 
     @property
     def target(self) -> str:
@@ -157,18 +155,19 @@ class Guard:
         )
 
     def _authorizer(self) -> keysvc_pb2_grpc.KeyServiceStub:
-        stub, pid = self._stub, os.getpid()
-        if stub is not None and self._pid == pid:
+        # A channel used before fork() goes on working in the child: gRPC's fork support
+        # (on by default) resets it there, so one channel serves for the Guard's lifetime.
+        stub = self._stub
+        if stub is not None:
             return stub
         with self._lock:
-            if self._stub is None or self._pid != pid:
-                # A channel inherited across fork() does not work in the child: start afresh.
+            if self._stub is None:
                 if self._credentials is None:
                     channel = grpc.insecure_channel(self._target, options=self._options)
                 else:
                     channel = grpc.secure_channel(
                         self._target, self._credentials, options=self._options
                     )
-                self._channel, self._pid = channel, pid
+                self._channel = channel
                 self._stub = keysvc_pb2_grpc.KeyServiceStub(channel)
             return self._stub

@@ -17,6 +17,7 @@ could not decide), and trailing metadata `keysvc-reason` naming why; the handler
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
@@ -102,7 +103,8 @@ def _authorization(metadata: _Metadata | None) -> str | None:
 
 
 def _undeclared(method: str) -> Verdict:
-    log.error("%s is not in the interceptor's methods: refusing with UNIMPLEMENTED", method)
+    # The method name comes from the caller: repr keeps it on one log line.
+    log.error("%r is not in the interceptor's methods: refusing with UNIMPLEMENTED", method)
     return Verdict(status=404, reason="not_found", message="method not available")
 
 
@@ -225,7 +227,12 @@ def _in_context(key: KeyContext, step: Callable[[], Any]) -> Any:
 
 
 class AsyncKeysvcInterceptor(grpc.aio.ServerInterceptor):
-    """For grpc.aio.server, with a keysvc_client.aio.Guard; see KeysvcInterceptor."""
+    """For grpc.aio.server, with a keysvc_client.aio.Guard; see KeysvcInterceptor.
+
+    Async handlers are checked on the event loop. Sync handlers (a grpc.aio server with a
+    migration_thread_pool) stay sync, so grpc.aio still runs them in its thread pool with the
+    context and streaming it gives sync handlers; their check runs on the server's event loop.
+    """
 
     def __init__(self, guard: _aio_guard.Guard, methods: Mapping[str, str | Iterable[str]]) -> None:
         if not isinstance(guard, _aio_guard.Guard):
@@ -242,6 +249,7 @@ class AsyncKeysvcInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None:
             return handler
+        loop = asyncio.get_running_loop()
         try:
             required = self._methods.required(method)
         except LookupError:
@@ -250,19 +258,47 @@ class AsyncKeysvcInterceptor(grpc.aio.ServerInterceptor):
             async def refuse(context: grpc.aio.ServicerContext[Any, Any]) -> KeyContext:
                 return await _refuse_async(context, verdict)
 
-            return _wrap_async(handler, refuse)
+            if _is_async(handler):
+                return _wrap_async(handler, refuse)
+            return _wrap(handler, lambda context: _refuse(context, verdict))
         if required is None:
             return handler
         checked = required
 
+        async def check(metadata: _Metadata | None) -> Verdict:
+            return await self._guard.check(_authorization(metadata), checked)
+
+        if not _is_async(handler):
+
+            def authorize_sync(context: grpc.ServicerContext) -> KeyContext:
+                # On grpc.aio's thread pool: the Guard's channel lives on the server's loop.
+                future = asyncio.run_coroutine_threadsafe(
+                    check(context.invocation_metadata()), loop
+                )
+                verdict = future.result()
+                if not verdict.allowed or verdict.key is None:
+                    _refuse(context, verdict)
+                assert verdict.key is not None
+                return verdict.key
+
+            return _wrap(handler, authorize_sync)
+
         async def authorize(context: grpc.aio.ServicerContext[Any, Any]) -> KeyContext:
-            metadata = context.invocation_metadata()
-            verdict = await self._guard.check(_authorization(metadata), checked)
+            verdict = await check(context.invocation_metadata())
             if not verdict.allowed or verdict.key is None:
                 return await _refuse_async(context, verdict)
             return verdict.key
 
         return _wrap_async(handler, authorize)
+
+
+def _is_async(handler: _Handler) -> bool:
+    """Whether grpc.aio runs the handler's behaviour on the event loop (else on its thread
+    pool), told apart as grpc.aio tells them apart."""
+    behaviour = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+    return inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)
 
 
 async def _refuse_async(
@@ -318,7 +354,6 @@ def _async_behaviour(
 
     async def awaited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         _CURRENT.set(await authorize(context))
-        result = behaviour(request, context)
-        return await result if inspect.isawaitable(result) else result
+        return await behaviour(request, context)
 
     return awaited

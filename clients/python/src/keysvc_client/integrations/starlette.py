@@ -1,18 +1,19 @@
-"""Starlette and FastAPI: a route decorator and an ASGI middleware that check each request's key.
+"""Starlette: a route decorator and an ASGI middleware that check each request's key.
 
     guard = keysvc_client.aio.Guard("127.0.0.1:50051")
 
-    @requires(guard, "links:read")                        # a Starlette (or FastAPI) endpoint
+    @requires(guard, "links:read")                        # a Starlette endpoint
     async def list_links(request: Request) -> Response:
         key = authorized_key(request)                     # or request.state.keysvc_key
 
-    app.add_middleware(KeysvcMiddleware, guard=guard, routes={   # or a table, for any ASGI app
+    app.add_middleware(KeysvcMiddleware, guard=guard, routes={   # or a table for the whole app
         "GET /api/v1/links": "links:read",
         "POST /api/v1/links": "links:write",
     })
 
 A refused request gets a JSON error body and the status the Verdict names (401, 403, or 503
-when keysvc cannot decide), and the handler does not run.
+when keysvc cannot decide), and the handler does not run. FastAPI resolves dependencies and
+reads the body before any decorator runs: its routes take keysvc_client.integrations.fastapi.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from keysvc_client._guard_common import (
     required_scopes,
     route_table,
 )
+from keysvc_client.integrations import _routes
 
 __all__ = ["STATE_KEY", "KeysvcMiddleware", "authorized_key", "error_response", "requires"]
 
@@ -57,8 +59,11 @@ def requires(
 ) -> Callable[[Callable[_P, Any]], Callable[_P, Coroutine[Any, Any, Any]]]:
     """Decorates an endpoint so that it runs only for a key holding every one of `scopes`.
 
-    The endpoint (async or not, a function or an HTTPEndpoint method) needs a parameter named
-    `request`; it finds the key in `request.state.keysvc_key` (see authorized_key).
+    The endpoint (async or not, a function or an HTTPEndpoint method) takes the `request`
+    and nothing else; it finds the key in `request.state.keysvc_key` (see authorized_key).
+    An endpoint with other parameters is a FastAPI one, which FastAPI would fill (running its
+    dependencies, reading the body) before this check: it is refused here, and so is a FastAPI
+    route reaching a decorated endpoint (500, logged).
     """
     _check_guard(guard)
     required = required_scopes(scopes)
@@ -72,6 +77,11 @@ def requires(
             request = kwargs.get("request", args[index] if index < len(args) else None)
             if not isinstance(request, Request):
                 raise TypeError(f"{endpoint.__qualname__} was called without a Request")
+            if getattr(request.scope.get("route"), "dependant", None) is not None:
+                # FastAPI has already run the route's dependencies: too late to check.
+                return _misconfigured(
+                    request, "Starlette's requires() on a FastAPI route runs after its dependencies"
+                )
             verdict = await guard.check(_authorization(request.headers), required)
             if not verdict.allowed:
                 return error_response(verdict, guard.realm)
@@ -106,10 +116,19 @@ class KeysvcMiddleware:
 
     `routes` maps "METHOD /path" (Starlette path syntax: "/api/v1/links/{link_id}") to the
     scope or scopes it needs; an empty list means any valid key. A GET route covers HEAD.
-    Requests under `prefix` ("/api/" by default) that match no entry are refused before they
-    reach the app, with 404 (no such path) or 405 (not with this method), so a route added to
-    the app but not to the table is unreachable, never unprotected. Paths outside `prefix`
-    and not in the table pass through untouched.
+
+    The request is checked against the line of the route the app will run: the middleware
+    finds it as Starlette's Router does (routes in order, Mount and Host included, paths taken
+    relative to the root path), so overlapping lines cannot weaken a route. A request under
+    `prefix` ("/api/" by default) whose route has no line is refused before it reaches the
+    app, with 404 (405 when only other methods are declared): a route added to the app but
+    not to the table is unreachable, never unprotected. Where the routes cannot be seen (a
+    raw ASGI app, a mounted non-Starlette app), a request is checked against every line whose
+    path matches it, needing the scopes of all of them.
+
+    When the middleware can see the app's routes it checks the table against them as the app
+    is built: a line that names no route, or a method its route does not serve, is an error,
+    and so is a FastAPI app (protect that with keysvc_client.integrations.fastapi).
     """
 
     def __init__(
@@ -126,21 +145,37 @@ class KeysvcMiddleware:
         self.app = app
         self._guard = guard
         self._prefix = prefix
-        self._routes: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = []
+        self._lines: list[tuple[str, str, re.Pattern[str], tuple[str, ...]]] = []
+        self._declared: dict[str, dict[str, tuple[str, ...]]] = {}
         for route, scopes in route_table(routes).items():
             method, _, path = route.partition(" ")
             method, path = method.upper(), path.strip()
             if method not in _METHODS or not path.startswith("/"):
                 raise ValueError(f"route {route!r} is not 'METHOD /path', e.g. 'GET /api/v1/links'")
-            self._routes.append((method, compile_path(path)[0], scopes))
+            self._lines.append((method, path, compile_path(path)[0], scopes))
+            self._declared.setdefault(_routes.template_key(path), {})[method] = scopes
+        self._router = _routes.router_of(app)
+        if self._router is not None:
+            self._check_table(_routes.survey(self._router))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        methods = {m: s for m, pattern, s in self._routes if pattern.match(path)}
-        if not methods and not path.startswith(self._prefix):
+        path = _routes.route_path(scope)
+        place = (
+            _routes.resolve(self._router.routes, scope)
+            if self._router is not None
+            else _routes.Place("opaque")
+        )
+        if place.kind == "route":
+            declared = self._declared.get(_routes.template_key(place.template), {})
+        elif place.kind == "opaque":
+            declared = self._matching_lines(path)
+        else:
+            declared = {}
+        under = path.startswith(self._prefix) or place.template.startswith(self._prefix)
+        if not declared and not under:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
@@ -148,11 +183,11 @@ class KeysvcMiddleware:
             await send({"type": "websocket.close", "code": 1008})
             return
         method: str = scope["method"]
-        if method == "HEAD" and "HEAD" not in methods:
-            method = "GET"
-        required = methods.get(method)
+        required = declared.get(method)
+        if required is None and method == "HEAD":
+            required = declared.get("GET")
         if required is None:
-            await self._undeclared(scope, receive, send, path, sorted(methods))
+            await self._undeclared(scope, receive, send, path, sorted(declared))
             return
         verdict = await self._guard.check(_authorization(Headers(scope=scope)), required)
         if not verdict.allowed:
@@ -161,6 +196,48 @@ class KeysvcMiddleware:
         # A dict of this request's own: the key must never reach another request's state.
         scope["state"] = {**scope.get("state", {}), STATE_KEY: verdict.key}
         await self.app(scope, receive, send)
+
+    def _matching_lines(self, path: str) -> dict[str, tuple[str, ...]]:
+        """Every declared method of the lines matching `path`, each needing the scopes of all
+        the lines that declare it: where the route cannot be known, no line can weaken another."""
+        declared: dict[str, dict[str, None]] = {}
+        for method, _, pattern, scopes in self._lines:
+            if pattern.match(path):
+                declared.setdefault(method, {}).update(dict.fromkeys(scopes))
+        return {method: tuple(scopes) for method, scopes in declared.items()}
+
+    def _check_table(self, app: _routes.Survey) -> None:
+        if app.fastapi:
+            where = ", ".join(repr(path) for path in app.fastapi if path)
+            raise TypeError(
+                "KeysvcMiddleware cannot see how FastAPI routes a request"
+                + (f" (FastAPI mounted at {where})" if where else "")
+                + ": protect FastAPI routes with keysvc_client.integrations.fastapi"
+            )
+        served = app.by_template()
+        problems = []
+        for method, path, _, _ in self._lines:
+            known = served.get(_routes.template_key(path))
+            if known is None:
+                if not any(path.startswith(f"{mounted}/") for mounted in app.opaque):
+                    problems.append(f"{method} {path} names no route of the app")
+            elif known.websocket:
+                problems.append(f"{method} {path} is a WebSocket route, which cannot be declared")
+            elif known.methods is not None and method not in known.methods:
+                served_methods = ", ".join(sorted(known.methods))
+                problems.append(f"{method} {path}: the route serves only {served_methods}")
+        if problems:
+            raise ValueError(
+                "KeysvcMiddleware's routes do not match the app: " + "; ".join(problems)
+            )
+        for known in app.routes:
+            declared = _routes.template_key(known.template) in self._declared
+            if known.template.startswith(self._prefix) and not declared and not known.websocket:
+                log.warning(
+                    "route %r is under %r but not in KeysvcMiddleware's routes: it answers 404",
+                    known.template,
+                    self._prefix,
+                )
 
     async def _undeclared(
         self, scope: Scope, receive: Receive, send: Send, path: str, allowed: list[str]
@@ -177,8 +254,10 @@ class KeysvcMiddleware:
             }
             response = JSONResponse(body, 405, headers={"Allow": ", ".join(sorted(set(allowed)))})
         else:
+            # What came from outside is logged with repr: an encoded newline cannot forge a line.
             log.warning(
-                "%s %s is under %s but not in KeysvcMiddleware's routes: answering 404",
+                "%r %r is under %r but no line of KeysvcMiddleware's routes declares its route: "
+                "answering 404",
                 scope["method"],
                 path,
                 self._prefix,
@@ -197,12 +276,35 @@ def _check_guard(guard: object) -> None:
 
 
 def _request_index(endpoint: Callable[..., Any]) -> int:
-    for index, parameter in enumerate(inspect.signature(endpoint).parameters.values()):
-        if parameter.name == "request":
-            return index
-    raise TypeError(
-        f"{endpoint.__qualname__} needs a parameter named 'request' for keysvc to check"
-    )
+    names = list(inspect.signature(endpoint).parameters)
+    others = [
+        name
+        for position, name in enumerate(names)
+        if name != "request" and not (position == 0 and name == "self")
+    ]
+    if others:
+        raise TypeError(
+            f"{endpoint.__qualname__} takes {', '.join(map(repr, others))} besides 'request': "
+            "FastAPI would fill those (running dependencies, reading the body) before this "
+            "check. Protect FastAPI routes with keysvc_client.integrations.fastapi"
+        )
+    if "request" not in names:
+        raise TypeError(
+            f"{endpoint.__qualname__} needs a parameter named 'request' for keysvc to check"
+        )
+    return names.index("request")
+
+
+def _misconfigured(request: Request, problem: str) -> JSONResponse:
+    log.error("%r %r: %s: refusing with 500", request.method, request.url.path, problem)
+    body = {
+        "error": {
+            "status": 500,
+            "reason": "misconfigured",
+            "message": "the API key could not be checked",
+        }
+    }
+    return JSONResponse(body, 500, headers={"Cache-Control": "no-store"})
 
 
 def _authorization(headers: Headers) -> str | None:
