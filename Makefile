@@ -37,6 +37,13 @@ bench: install-dev
 example: install-dev
 	$(BIN)/python -m examples.api_server $(EXAMPLE_ARGS)
 
+# The production install path, smoke-tested (CI runs it): wheels built from a clean copy of the
+# tree and installed into a fresh virtualenv; `keysvc migrate`/`serve`, the client and the CLI
+# from that install; then `make run` on it, which must serve on 127.0.0.1:50051.
+.PHONY: smoke-install
+smoke-install:
+	PYTHON=$(PYTHON) bash scripts/smoke_install.sh
+
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

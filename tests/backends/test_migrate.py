@@ -6,13 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import sqlalchemy as sa
 
 from keysvc.store import migrate
 from keysvc.store.sql import create_engine
-from tests.services import SharedPostgres
+from tests.services import SharedPostgres, wait_for
 
 KEYSVC = Path(sys.executable).parent / "keysvc"
+RACERS = 4
+# Four Python processes importing SQLAlchemy and Alembic on a loaded machine.
+GATHER_TIMEOUT = 60.0
 
 
 def _migrate(*args: str, cwd: Path) -> subprocess.Popen[str]:
@@ -25,22 +29,45 @@ def _migrate(*args: str, cwd: Path) -> subprocess.Popen[str]:
     )
 
 
+def _waiting_on_locks(monitor: psycopg.Connection) -> int:
+    """How many other sessions on the monitor's database are blocked on a lock."""
+    (count,) = monitor.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+    ).fetchone() or (0,)
+    return int(count)
+
+
 class TestMigrate:
     def test_replicas_migrating_at_once_leave_one_current_schema(
         self, shared_postgres: SharedPostgres, tmp_path: Path
     ) -> None:
-        """Four `keysvc migrate` started together on one PostgreSQL all succeed, schema intact."""
+        """Four `keysvc migrate` held up together on an empty PostgreSQL database and let go
+        at once all succeed, leaving one current schema."""
         url = shared_postgres.fresh_database()
-        runs = [_migrate("--database-url", url, cwd=tmp_path) for _ in range(4)]
+        with psycopg.connect(url) as stalled, psycopg.connect(url, autocommit=True) as monitor:
+            # A migrator stalled half-way: its uncommitted alembic_version table holds up
+            # each `keysvc migrate` that reaches the empty schema, on its lock or on this
+            # table, until all four are waiting; its rollback lets them go at one instant.
+            stalled.execute("CREATE TABLE alembic_version (version_num varchar(32) NOT NULL)")
+            runs = [_migrate("--database-url", url, cwd=tmp_path) for _ in range(RACERS)]
+            try:
+                wait_for(
+                    lambda: _waiting_on_locks(monitor) >= RACERS,
+                    timeout=GATHER_TIMEOUT,
+                    what=f"{RACERS} migrations waiting on the stalled one",
+                )
+            finally:
+                stalled.rollback()
         outputs = [run.communicate(timeout=120)[0] for run in runs]
-        assert [run.returncode for run in runs] == [0] * 4, outputs
+        assert [run.returncode for run in runs] == [0] * RACERS, outputs
         engine = create_engine(url)
         try:
             assert migrate.is_current(engine)
             with engine.connect() as conn:
                 versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
             assert len(versions) == 1
-            assert "api_keys" in sa.inspect(engine).get_table_names()
+            assert {"api_keys", "audit_events"} <= set(sa.inspect(engine).get_table_names())
         finally:
             engine.dispose()
 

@@ -115,20 +115,13 @@ def admin_requests(key_id: str) -> dict[str, Any]:
 ADMIN_RPCS = list(admin_requests("x"))
 
 
-def refused(server: ServerProcess, rpc: str, request: Any, token: str | None) -> grpc.StatusCode:
-    code = status_of(server, rpc, request, token)
-    if rpc == "ListAuditEvents" and code == grpc.StatusCode.UNIMPLEMENTED:
-        pytest.skip("ListAuditEvents is in the contract but not implemented yet")
-    return code
-
-
 class TestAdminRpcs:
     @pytest.mark.parametrize("rpc", ADMIN_RPCS)
     def test_refuse_the_authorizer(self, server: ServerProcess, key_id: str, rpc: str) -> None:
         """Every admin RPC called with an authorizer's token is PERMISSION_DENIED."""
         request = admin_requests(key_id)[rpc]
 
-        code = refused(server, rpc, request, Tokens.authorizer)
+        code = status_of(server, rpc, request, Tokens.authorizer)
 
         assert code == grpc.StatusCode.PERMISSION_DENIED
 
@@ -141,7 +134,7 @@ class TestAdminRpcs:
         UNAUTHENTICATED."""
         request = admin_requests(key_id)[rpc]
 
-        code = refused(server, rpc, request, token)
+        code = status_of(server, rpc, request, token)
 
         assert code == grpc.StatusCode.UNAUTHENTICATED
 
@@ -152,11 +145,7 @@ class TestAdminRpcs:
 
         code = status_of(server, rpc, request, Tokens.admin)
 
-        # ListAuditEvents may not be implemented yet; it must never refuse the admin.
-        accepted = {grpc.StatusCode.OK}
-        if rpc == "ListAuditEvents":
-            accepted.add(grpc.StatusCode.UNIMPLEMENTED)
-        assert code in accepted
+        assert code == grpc.StatusCode.OK
 
 
 class TestAuthorize:

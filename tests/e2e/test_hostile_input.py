@@ -337,10 +337,48 @@ class TestBruteForce:
 
 class TestServerLog:
     def test_holds_no_error_and_no_key(self, server: ServerProcess, real: str) -> None:
-        """After all of the above, the server logged no error or traceback, and no key."""
-        log = server.read_log()
+        """Hostile input of each kind above leaves no error, no traceback and no key in the
+        server's log (nor does whatever the rest of the module sent before it)."""
+        typo = "a" if real[30] != "a" else "b"
+        near_misses = [
+            (real[:-6] + ("000000" if real[-6:] != "000000" else "111111"), MALFORMED),
+            (real[:30] + typo + real[31:], MALFORMED),
+            (with_checksum("ck_test_" + real[8:52]), NOT_FOUND),
+            (
+                with_checksum(real[:8] + "".join(secrets.choice(BASE62) for _ in range(44))),
+                NOT_FOUND,
+            ),
+            (
+                with_checksum(real[:20] + "".join(secrets.choice(BASE62) for _ in range(32))),
+                NOT_FOUND,
+            ),
+        ]
+        hostile = [
+            ("", MISSING),
+            (" Bearer\t ", MISSING),
+            ("Bearer Bearer " + real, MALFORMED),
+            (f"{real} {real}", MALFORMED),
+            ("\x00" * LARGEST_KEY_BYTES, MALFORMED),
+            (bytes(range(256)).decode("latin-1"), MALFORMED),
+            ("Bearer " + "\u00e9\u200b\U0001f511" * 1000, MALFORMED),
+            (real.upper(), MALFORMED),
+        ]
+        with server.channel() as channel:
+            stub = server.stub(channel)
+            decisions = [verdict(_authorize(stub, value)) for value, _ in near_misses + hostile]
+            oversized = rpc_error(
+                lambda: stub.Authorize(pb.AuthorizeRequest(api_key=real * 2000), timeout=TIMEOUT)
+            )
+            unknown_scope = rpc_error(lambda: _authorize(stub, real, ("links:admin",)))
+            after = verdict(_authorize(stub, real, ("links:read",)))
 
+        assert decisions == [expected for _, expected in near_misses + hostile]
+        assert oversized.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert unknown_scope.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert after == ALLOWED
+        log = server.read_log()
         assert not [line for line in log.splitlines() if re.search(r"\bERROR\b", line)], log
         assert "Traceback" not in log
         assert KEY_PATTERN.findall(log) == []
-        assert real[20:52] not in log
+        for key in [real, *(value for value, _ in near_misses)]:
+            assert key[20:52] not in log
