@@ -79,6 +79,11 @@ class BenchRedis:
     def drop(self) -> int:
         return _delete_keys(self.url, f"{self.root}*")
 
+    def forget(self, prefix: str, key_ids: list[str]) -> None:
+        """Deletes the keys' cached grants under `prefix`."""
+        with redis.Redis.from_url(self.url, socket_timeout=5) as client:
+            client.delete(*(f"{prefix}grant:{key_id}" for key_id in key_ids))
+
     def server_version(self) -> str:
         with redis.Redis.from_url(self.url, socket_timeout=5) as client:
             return str(client.info("server")["redis_version"])

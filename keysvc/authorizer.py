@@ -1,26 +1,30 @@
 """Authorize: decides whether a request carrying an API key may proceed.
 
-The hot path (a key seen before) is parse, checksum, cache look-up, constant-time
-digest compare and scope check: no SQL, no argon2. The cold path reads the key
-from the store and verifies it with argon2 on the hashing pool, once per key and
-secret however many requests ask at the same time, then fills the cache.
+The hot path (a key seen before) is parse, checksum, cache look-up, constant-time digest
+compare, a check that the grant is current, and the scope check: no SQL, no argon2. Every
+other decision is made on the key as read from the store after the request arrived
+(docs/revocation.md): reads of one key are shared only among requests that arrived before
+the read started, and argon2 runs once per key and secret however many requests ask.
 
-Hostile input stays cheap: a malformed key costs no store or cache access; a key id
-found missing is remembered for a while; a wrong secret is remembered, and a key id
-drawing many wrong secrets is throttled (keysvc.throttle).
+Hostile input stays cheap: a malformed key costs no store or cache access; a key id that
+does not exist costs no store read (the change log knows every key id); a wrong secret is
+remembered, and a key id drawing many wrong secrets is throttled (keysvc.throttle).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from keysvc import hashing, keys, scopes
 from keysvc.cache import KeyCache
+from keysvc.change_log import ChangeLog
 from keysvc.errors import Unavailable
 from keysvc.last_used import LastUsedRecorder
 from keysvc.model import Decision, KeyGrant, Mode, Reason
@@ -32,18 +36,16 @@ from keysvc.workers import Workers
 log = logging.getLogger(__name__)
 
 _Flight = tuple[str, bytes]
-_FILL_ATTEMPTS = 3
 
 
-def _grant(stored: StoredKey, digest: bytes) -> KeyGrant:
-    return KeyGrant(
-        key_id=stored.key.id,
-        account_id=stored.key.account_id,
-        mode=stored.key.mode,
-        scopes=frozenset(stored.key.scopes),
-        revoked=stored.key.revoked_at is not None,
-        digest=digest,
-    )
+@dataclass
+class _Reads:
+    """One key's store reads: the one running, and the one that starts after it."""
+
+    running: asyncio.Future[StoredKey | None] | None = None
+    started: float = 0.0
+    following: asyncio.Future[StoredKey | None] | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class Authorizer:
@@ -54,11 +56,11 @@ class Authorizer:
         verifier: hashing.Verifier,
         workers: Workers,
         recorder: LastUsedRecorder,
+        change_log: ChangeLog,
         *,
         clock: Clock = utc_now,
         rejection_ttl_seconds: float = 60.0,
         rejection_max_entries: int = 100_000,
-        unknown_key_ttl_seconds: float = 60.0,
         max_failures_per_key_id: int = 10,
         failure_window_seconds: float = 60.0,
         throttle_max_key_ids: int = 100_000,
@@ -71,21 +73,16 @@ class Authorizer:
         self._verifier = verifier
         self._workers = workers
         self._recorder = recorder
+        self._log = change_log
         self._clock = clock
         self._throttle_delay = throttle_delay_seconds
         self._sleep = sleep
-        self._inflight: dict[_Flight, asyncio.Future[KeyGrant | None]] = {}
+        self._reads: dict[str, _Reads] = {}
+        self._verifying: dict[_Flight, asyncio.Future[bool]] = {}
         # Key id and digest of secrets that failed verification, so that repeating
         # one costs no argon2 until it expires.
         self._rejected: ExpiringSet[_Flight] = ExpiringSet(
             ttl_seconds=rejection_ttl_seconds,
-            max_entries=rejection_max_entries,
-            monotonic=monotonic,
-        )
-        # Key ids the store does not have, so that a flood of one costs one store read per
-        # TTL. Ids are drawn at random (71 bits): none is asked for before it exists.
-        self._unknown: ExpiringSet[str] = ExpiringSet(
-            ttl_seconds=unknown_key_ttl_seconds,
             max_entries=rejection_max_entries,
             monotonic=monotonic,
         )
@@ -102,6 +99,7 @@ class Authorizer:
         required_scopes: Iterable[str] = (),
         required_mode: Mode | None = None,
     ) -> Decision:
+        arrived = self._log.now()
         required = scopes.required(required_scopes)
         value = keys.strip_bearer(api_key)
         if not value:
@@ -109,26 +107,28 @@ class Authorizer:
         parsed = keys.parse(value)
         if parsed is None:
             return Decision(Reason.MALFORMED)
-        if parsed.key_id in self._unknown:
-            return Decision(Reason.NOT_FOUND)
         digest = hashing.digest(parsed.raw)
         try:
             grant = await self._cache.get(parsed.key_id)
         except Unavailable:
             # Decide from the store instead; slower, never a guess.
             grant = None
+        proven = False
         if grant is not None and grant.digest is not None:
             if not hmac.compare_digest(grant.digest, digest):
                 # The cached digest was proven by argon2: any other secret is wrong.
                 return await self._wrong_secret(parsed.key_id, digest)
             # Should the cache let the key go, guesses at it will not lock it out here.
             self._throttle.prove(parsed.key_id, digest)
-            return self._decide(grant, required, required_mode)
-        grant = await self._verify_cold(parsed, digest)
-        if grant is None:
+            # A revocation is final; anything else decides only while it is current.
+            if grant.revoked or self._log.current(grant):
+                return self._decide(grant, required, required_mode)
+            proven = True
+        fresh = await self._read_and_verify(parsed, digest, arrived, proven=proven)
+        if fresh is None:
             await self._slow_down_guesses(parsed.key_id, digest)
             return Decision(Reason.NOT_FOUND)
-        return self._decide(grant, required, required_mode)
+        return self._decide(fresh, required, required_mode)
 
     async def _wrong_secret(self, key_id: str, digest: bytes) -> Decision:
         """A wrong secret for a cached key: counted against the key id like a failed argon2."""
@@ -160,28 +160,100 @@ class Authorizer:
             return Decision(Reason.INSUFFICIENT_SCOPE, grant, tuple(sorted(missing)))
         return Decision(Reason.ALLOWED, grant)
 
-    async def _verify_cold(self, parsed: keys.ParsedKey, digest: bytes) -> KeyGrant | None:
-        flight = (parsed.key_id, digest)
-        if flight in self._rejected or self._throttle.refuses(parsed.key_id, digest):
+    async def _read_and_verify(
+        self, parsed: keys.ParsedKey, digest: bytes, arrived: float, *, proven: bool
+    ) -> KeyGrant | None:
+        """The key's grant as stored now, if the secret is right; None if it is not (or
+        the key does not exist). Caches what it read."""
+        key_id = parsed.key_id
+        proven = proven or self._throttle.is_proven(key_id, digest)
+        if not proven and (
+            (key_id, digest) in self._rejected or self._throttle.refuses(key_id, digest)
+        ):
             return None
-        future = self._inflight.get(flight)
-        if future is None:
-            future = asyncio.ensure_future(self._look_up(parsed, digest))
-            self._inflight[flight] = future
-            future.add_done_callback(lambda _: self._inflight.pop(flight, None))
-        # Shielded: a caller that gives up does not cancel the others' verification.
+        if not await self._exists(key_id, arrived):
+            return None
+        stored = await self._read(key_id, arrived)
+        if stored is None:
+            return None
+        if not proven and not await self._verified(parsed, digest, stored):
+            return None
+        grant = KeyGrant.of(stored.key, seq=stored.seq, digest=digest)
+        await self.before_fill(grant)
+        # Without the cache, decided all the same: the grant came from the store.
+        with contextlib.suppress(Unavailable):
+            await self._cache.put(grant)
+        return grant
+
+    async def _exists(self, key_id: str, arrived: float) -> bool:
+        """Whether the key id exists, by the change log as read after `arrived`: a key id
+        nobody issued costs no store read."""
+        if self._log.knows(key_id) or self._log.read_since(arrived):
+            return self._log.knows(key_id)
+        await self._log.read_after(arrived)
+        return self._log.knows(key_id)
+
+    async def _read(self, key_id: str, arrived: float) -> StoredKey | None:
+        """The key as read by a store read that started after `arrived`.
+
+        Requests for one key share reads, but a request never joins a read that started
+        before it arrived: that read may predate a revocation the request must see. It
+        waits for the next one instead, which starts when the running one ends.
+        """
+        reads = self._reads.setdefault(key_id, _Reads())
+        if reads.running is not None and reads.started >= arrived:
+            future = reads.running
+        else:
+            if reads.following is None:
+                reads.following = asyncio.get_running_loop().create_future()
+            future = reads.following
+            if reads.running is None:
+                self._start_read(key_id, reads)
+        # Shielded: a caller that gives up does not cancel the others' read.
         return await asyncio.shield(future)
 
-    async def _look_up(self, parsed: keys.ParsedKey, digest: bytes) -> KeyGrant | None:
-        # The epoch is read before the store: see KeyCache.fill.
-        epoch = await self._epoch()
-        stored = await self._workers.db(self._store.find, parsed.key_id)
-        if stored is None:
-            self._unknown.add(parsed.key_id)
-            return None
+    def _start_read(self, key_id: str, reads: _Reads) -> None:
+        future, reads.following = reads.following, None
+        assert future is not None
+        reads.running, reads.started = future, self._log.now()
+
+        async def read() -> None:
+            try:
+                future.set_result(await self._workers.lookup(self._store.find, key_id))
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
+            except Exception as err:  # handed to every waiter
+                future.set_exception(err)
+                # Retrieved here, so that a read nobody waits for any more logs nothing.
+                future.exception()
+            finally:
+                reads.running = None
+                if reads.following is not None:
+                    self._start_read(key_id, reads)
+                else:
+                    self._reads.pop(key_id, None)
+
+        task = asyncio.ensure_future(read())
+        reads.tasks.add(task)
+        task.add_done_callback(reads.tasks.discard)
+
+    async def _verified(self, parsed: keys.ParsedKey, digest: bytes, stored: StoredKey) -> bool:
+        """Whether the presented key matches the stored verifier: argon2 once per key id and
+        secret, however many requests ask, whenever they arrived (a key's secret never
+        changes, so the answer does not age)."""
+        flight = (parsed.key_id, digest)
+        future = self._verifying.get(flight)
+        if future is None:
+            future = asyncio.ensure_future(self._verify(parsed, digest, stored))
+            self._verifying[flight] = future
+            future.add_done_callback(lambda _: self._verifying.pop(flight, None))
+        return await asyncio.shield(future)
+
+    async def _verify(self, parsed: keys.ParsedKey, digest: bytes, stored: StoredKey) -> bool:
         if not self._throttle.admit(parsed.key_id, digest):
             # Not remembered as rejected: it was refused unchecked, and may be the real key.
-            return None
+            return False
         # A key of the other mode is not the key presented: a wrong secret, minus argon2.
         valid = stored.key.mode is parsed.mode and await self._workers.hashing(
             self._verifier.verify, stored.verifier, parsed.raw
@@ -191,38 +263,11 @@ class Authorizer:
             throttled = self._throttle.failed(parsed.key_id)
             if throttled is not None:
                 self._warn(throttled)
-            return None
+            return False
         self._throttle.succeeded(parsed.key_id, digest)
         if self._verifier.needs_rehash(stored.verifier):
             await self._rehash(stored, parsed.raw)
-        for _attempt in range(_FILL_ATTEMPTS):
-            grant = _grant(stored, digest)
-            await self.before_fill(grant)
-            if epoch is None:
-                return grant
-            try:
-                # If a revocation landed since the store was read, the cache holds its
-                # marker and hands it back: the decision is made on that.
-                filled = await self._cache.fill(grant, epoch)
-            except Unavailable:
-                return grant
-            if filled is not None:
-                return filled
-            # The cache lost its contents (and maybe a revocation marker) since the
-            # store was read: read it again under the new epoch.
-            epoch = await self._epoch()
-            refreshed = await self._workers.db(self._store.find, parsed.key_id)
-            if refreshed is None:
-                return None
-            stored = refreshed
-        # Decided on a store read newer than the request, and cached nowhere.
-        return _grant(stored, digest)
-
-    async def _epoch(self) -> str | None:
-        try:
-            return await self._cache.epoch()
-        except Unavailable:
-            return None
+        return True
 
     async def before_fill(self, grant: KeyGrant) -> None:
         """Runs between the store read and the cache fill; tests pause here to race a revoke."""
@@ -231,7 +276,7 @@ class Authorizer:
         # Best effort: the key is valid either way, and the next cold look-up retries.
         new = await self._workers.hashing(self._verifier.hash, raw_key)
         try:
-            await self._workers.db(
+            await self._workers.lookup(
                 self._store.replace_verifier, stored.key.id, stored.verifier, new
             )
         except Unavailable:

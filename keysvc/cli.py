@@ -62,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Output piped into `head` ends quietly, as other command-line tools do.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        # Output piped into `head` ends quietly, as other command-line tools do. Never for
+        # the server: a peer or a log reader going away must not kill it.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # These work locally; the others talk to a server and share its error handling.
     if args.command in ("serve", "migrate", "callers"):
         status: int = args.run(args)

@@ -42,6 +42,9 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
     cache_ttl_seconds: float = 3600.0
+    # L: how long a replica trusts what it knows of the change log, and so how long
+    # RevokeKey waits before it returns (docs/revocation.md).
+    lease_seconds: float = 1.0
     last_used_flush_seconds: float = 1.0
     max_message_bytes: int = 64 * 1024
     shutdown_grace_seconds: float = 10.0
@@ -113,6 +116,13 @@ SERVE_OPTIONS = (
     _Option("--argon2-memory-cost-kib", "KEYSVC_ARGON2_MEMORY_COST_KIB", "argon2id KiB", int),
     _Option("--argon2-parallelism", "KEYSVC_ARGON2_PARALLELISM", "argon2id lanes", int),
     _Option("--cache-ttl-seconds", "KEYSVC_CACHE_TTL_SECONDS", "lifetime of a cached key", float),
+    _Option(
+        "--lease-seconds",
+        "KEYSVC_LEASE_SECONDS",
+        "how long a replica trusts its caches without reading the change log; RevokeKey"
+        " waits this long",
+        float,
+    ),
     _Option(
         "--last-used-flush-seconds",
         "KEYSVC_LAST_USED_FLUSH_SECONDS",

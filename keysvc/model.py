@@ -85,10 +85,14 @@ class AuditPage:
 
 @dataclass(frozen=True, slots=True)
 class KeyGrant:
-    """What Authorize needs to know about a verified key; this is what the cache holds.
+    """What Authorize needs to know about a verified key; this is what the caches hold.
 
-    `digest` is the SHA-256 of the raw key, compared in constant time on the hot
-    path. A grant without a digest is a revocation marker written by RevokeKey.
+    `digest` is the SHA-256 of the raw key, proven by argon2 against the stored verifier
+    and compared in constant time on the hot path. A key's secret never changes, so the
+    digest stays proof of the secret for good; a grant without one (a revocation marker)
+    refuses the key but proves no secret. `seq` is the position in the change log
+    (keysvc.change_log) the grant's state was read at: a change of the key logged after
+    `seq` makes the grant stale.
     """
 
     key_id: str
@@ -96,7 +100,35 @@ class KeyGrant:
     mode: Mode
     scopes: frozenset[str]
     revoked: bool
+    seq: int = 0
     digest: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, key: ApiKey, *, seq: int, digest: bytes | None = None) -> KeyGrant:
+        """The grant of `key` as stored at change-log position `seq`."""
+        return cls(
+            key_id=key.id,
+            account_id=key.account_id,
+            mode=key.mode,
+            scopes=frozenset(key.scopes),
+            revoked=key.revoked_at is not None,
+            seq=seq,
+            digest=digest,
+        )
+
+
+class ChangeKind(enum.Enum):
+    CREATED = "created"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change log: what happened to a key, at which position."""
+
+    seq: int
+    key_id: str
+    kind: ChangeKind
 
 
 class Reason(enum.Enum):

@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import grpc
 import sqlalchemy as sa
@@ -23,8 +23,10 @@ from keysvc import access
 from keysvc.api.servicer import KeyServiceServicer
 from keysvc.authorizer import Authorizer
 from keysvc.cache import KeyCache
+from keysvc.cache.codec import GrantCodec
 from keysvc.cache.memory import MemoryKeyCache
 from keysvc.cache.redis import RedisKeyCache
+from keysvc.change_log import ChangeFollower, ChangeLog
 from keysvc.config import Settings
 from keysvc.errors import StartupError, Unavailable
 from keysvc.hashing import Verifier
@@ -39,12 +41,14 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["KeyService"].full_name
 
 
-def open_database(settings: Settings) -> Engine:
+def open_database(settings: Settings, *, connections: int = 5) -> Engine:
     url = settings.effective_database_url
     if url.startswith("sqlite:///"):
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     shown = database_url(url).render_as_string(hide_password=True)
-    engine = create_engine(url, timeout_seconds=settings.database_timeout_seconds)
+    engine = create_engine(
+        url, timeout_seconds=settings.database_timeout_seconds, connections=connections
+    )
     try:
         migrate.upgrade(engine)
     except sa.exc.DBAPIError as err:
@@ -65,12 +69,13 @@ def _transport(settings: Settings) -> str:
     return "plaintext"
 
 
-def _open_cache(settings: Settings) -> KeyCache:
+def _open_cache(settings: Settings, mac_key: bytes) -> KeyCache:
     if settings.redis_url is None:
-        log.info("cache: in-process (a single replica; set KEYSVC_REDIS_URL to share one)")
+        log.info("cache: in-process (set KEYSVC_REDIS_URL to share one between replicas)")
         return MemoryKeyCache(ttl_seconds=settings.cache_ttl_seconds)
     cache = RedisKeyCache(
         settings.redis_url,
+        GrantCodec(mac_key),
         prefix=settings.redis_prefix,
         timeout_seconds=settings.redis_timeout_seconds,
         ttl_seconds=settings.cache_ttl_seconds,
@@ -82,12 +87,17 @@ def _open_cache(settings: Settings) -> KeyCache:
 
 
 def _without_password(url: str) -> str:
+    """`url` with any password masked: in the user-info part, or as a query parameter."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    query = [
+        (name, "***" if name.lower() == "password" else value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
 
 
 async def _watch_database(
@@ -116,29 +126,39 @@ async def _watch_database(
             )
 
 
-async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        await job()
-
-
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[None]:
     """Serves until the block exits, then shuts down gracefully."""
     credentials = access.server_credentials(settings)
     gate = access.gate(settings)
-    engine = await asyncio.to_thread(open_database, settings)
     workers = Workers(db_timeout_seconds=settings.database_timeout_seconds)
+    engine = await asyncio.to_thread(
+        open_database, settings, connections=workers.database_connections
+    )
     store = SqlKeyStore(engine)
-    cache = _open_cache(settings)
+    change_log = ChangeLog(
+        lease_seconds=settings.lease_seconds,
+        read_timeout_seconds=settings.database_timeout_seconds,
+    )
+    follower = ChangeFollower(
+        store, workers, change_log, interval_seconds=settings.lease_seconds / 5
+    )
+    try:
+        mac_key = await workers.db(store.cache_mac_key)
+        await follower.load()
+    except Unavailable as err:
+        workers.close()
+        engine.dispose()
+        raise StartupError(f"cannot read the change log from the database: {err}") from err
+    cache = _open_cache(settings, mac_key)
     verifier = Verifier(settings.argon2)
 
     async def flush(uses: Mapping[str, datetime]) -> None:
         await workers.db(store.record_last_used, uses)
 
     recorder = LastUsedRecorder(flush, interval_seconds=settings.last_used_flush_seconds)
-    service = KeyService(store, cache, verifier, workers)
-    authorizer = Authorizer(store, cache, verifier, workers, recorder)
+    service = KeyService(store, cache, verifier, workers, change_log)
+    authorizer = Authorizer(store, cache, verifier, workers, recorder, change_log)
 
     server = grpc.aio.server(
         options=[
@@ -171,7 +191,7 @@ async def running(settings: Settings) -> AsyncIterator[None]:
         asyncio.create_task(
             _watch_database(store, workers, health_servicer, settings.health_check_seconds)
         ),
-        asyncio.create_task(_every(settings.health_check_seconds, service.retry_revocations)),
+        asyncio.create_task(follower.run()),
     ]
     log.info("transport: %s", _transport(settings))
     log.info("keysvc listening on %s", address)

@@ -9,11 +9,14 @@ from datetime import UTC, datetime
 
 from keysvc import hashing, keys, pagination, scopes, validation
 from keysvc.cache import KeyCache
+from keysvc.change_log import ChangeLog
 from keysvc.errors import NotFound, Unavailable
 from keysvc.model import (
     Actor,
     ApiKey,
     AuditPage,
+    Change,
+    ChangeKind,
     CreatedKey,
     KeyGrant,
     KeyPage,
@@ -39,15 +42,15 @@ class KeyService:
         cache: KeyCache,
         verifier: hashing.Verifier,
         workers: Workers,
+        change_log: ChangeLog,
         clock: Clock = utc_now,
     ) -> None:
         self._store = store
         self._cache = cache
         self._verifier = verifier
         self._workers = workers
+        self._log = change_log
         self._clock = clock
-        # Revocations committed to the store whose cache marker is still to be written.
-        self._unconfirmed: dict[str, KeyGrant] = {}
 
     async def create_key(
         self,
@@ -75,9 +78,10 @@ class KeyService:
             )
             verifier = await self._workers.hashing(self._verifier.hash, secret)
             try:
-                await self._workers.db(self._store.insert, key, verifier, actor)
+                seq = await self._workers.db(self._store.insert, key, verifier, actor)
             except KeyIdTaken:
                 continue
+            self._log.note([Change(seq, key.id, ChangeKind.CREATED)])
             log.info(
                 "key created id=%s account=%s mode=%s scopes=%s by=%s",
                 key.id,
@@ -86,24 +90,16 @@ class KeyService:
                 ",".join(granted),
                 actor.name,
             )
-            await self._warm_cache(key, secret)
+            await self._warm_cache(KeyGrant.of(key, seq=seq, digest=hashing.digest(secret)))
             return CreatedKey(key=key, secret=secret)
         raise Unavailable("could not draw an unused key id; try again")
 
-    async def _warm_cache(self, key: ApiKey, secret: str) -> None:
+    async def _warm_cache(self, grant: KeyGrant) -> None:
         # The first Authorize of a new key is then as fast as every later one.
-        grant = KeyGrant(
-            key_id=key.id,
-            account_id=key.account_id,
-            mode=key.mode,
-            scopes=frozenset(key.scopes),
-            revoked=False,
-            digest=hashing.digest(secret),
-        )
         try:
-            await self._cache.fill(grant, await self._cache.epoch())
+            await self._cache.put(grant)
         except Unavailable:
-            log.warning("cache unavailable: key %s will be verified on first use", key.id)
+            log.warning("cache unavailable: key %s will be verified on first use", grant.key_id)
 
     async def get_key(self, account_id: str, key_id: str) -> ApiKey:
         account_id = validation.account_id(account_id)
@@ -154,42 +150,34 @@ class KeyService:
 
     async def revoke_key(self, account_id: str, key_id: str, actor: Actor) -> ApiKey:
         """Revokes for good, recording that `actor` did if the key was still active. Returns
-        only once no cached copy can authorize the key."""
+        only once no replica can allow the key to a request that arrives afterwards, whatever
+        any cache holds (docs/revocation.md)."""
         account_id = validation.account_id(account_id)
         key_id = validation.key_id(key_id)
-        key = await self._workers.db(self._store.revoke, account_id, key_id, self._clock(), actor)
-        if key is None:
-            raise NotFound(f"no key {key_id} in account {account_id}")
-        marker = KeyGrant(
-            key_id=key.id,
-            account_id=key.account_id,
-            mode=key.mode,
-            scopes=frozenset(key.scopes),
-            revoked=True,
+        revocation = await self._workers.db(
+            self._store.revoke, account_id, key_id, self._clock(), actor
         )
-        # Also on a repeated revoke: it re-invalidates after an earlier cache failure.
-        try:
-            await self._cache.revoke(marker)
-        except Unavailable as err:
-            # The database says revoked, but a cached copy may still say active: never
-            # answer OK. This replica keeps trying (see retry_revocations), and so can
-            # the caller: revoking is idempotent.
-            self._unconfirmed[key.id] = marker
-            log.warning("key %s revoked in the database; cache not invalidated yet", key.id)
-            raise Unavailable(
-                f"key {key.id} is revoked in the database but the cache could not be"
-                " invalidated yet; retry RevokeKey"
-            ) from err
-        self._unconfirmed.pop(key.id, None)
-        log.info("key revoked id=%s account=%s by=%s", key.id, account_id, actor.name)
+        if revocation is None:
+            raise NotFound(f"no key {key_id} in account {account_id}")
+        # From here the revocation is in the change log: in force on every replica within
+        # the lease, whether or not this call gets to return.
+        committed = self._log.now()
+        key = revocation.key
+        if revocation.seq is not None:
+            self._log.note([Change(revocation.seq, key.id, ChangeKind.REVOKED)])
+            log.info("key revoked id=%s account=%s by=%s", key.id, account_id, actor.name)
+        await self._mark_revoked(key, revocation.seq)
+        # Also on a repeated revoke: the first one's caller may have given up before this
+        # wait, and this one's answer makes the same promise.
+        await self._log.wait_out(committed)
         return key
 
-    async def retry_revocations(self) -> None:
-        """Writes the revocation markers that the cache refused earlier, while it refuses none."""
-        for key_id, marker in list(self._unconfirmed.items()):
-            try:
-                await self._cache.revoke(marker)
-            except Unavailable:
-                return
-            self._unconfirmed.pop(key_id, None)
-            log.info("key %s: revocation now in the cache too", key_id)
+    async def _mark_revoked(self, key: ApiKey, seq: int | None) -> None:
+        """Puts the revocation in the cache, so that replicas refuse the key at once rather
+        than when they next read the change log. Only speed depends on it."""
+        try:
+            cached = await self._cache.get(key.id)
+            digest = cached.digest if cached is not None else None
+            await self._cache.put(KeyGrant.of(key, seq=seq or self._log.cursor, digest=digest))
+        except Unavailable:
+            log.warning("cache unavailable: key %s is refused from the change log", key.id)

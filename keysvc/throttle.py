@@ -108,14 +108,14 @@ class FailureThrottle:
 
     def refuses(self, key_id: str, digest: bytes) -> bool:
         """True when a secret with this digest must be refused for `key_id` unchecked."""
-        if self._is_proven(key_id, digest):
+        if self.is_proven(key_id, digest):
             return False
         window = self._window(key_id)
         return window is not None and window.counted >= self._max_failures
 
     def admit(self, key_id: str, digest: bytes) -> bool:
         """Whether the secret may be verified now; counts it in the window unless proven."""
-        if self._is_proven(key_id, digest):
+        if self.is_proven(key_id, digest):
             return True
         window = self._window(key_id)
         if window is None:
@@ -130,7 +130,7 @@ class FailureThrottle:
 
     def succeeded(self, key_id: str, digest: bytes) -> None:
         """The secret verified: it is no longer counted, and is proven from now on."""
-        if not self._is_proven(key_id, digest):
+        if not self.is_proven(key_id, digest):
             window = self._window(key_id)
             # A verification that straddled the end of a window was counted in the one
             # before: never give back more than the running verifications of this one.
@@ -161,7 +161,8 @@ class FailureThrottle:
             remaining_seconds=max(window.ends - self._monotonic(), 0.0),
         )
 
-    def _is_proven(self, key_id: str, digest: bytes) -> bool:
+    def is_proven(self, key_id: str, digest: bytes) -> bool:
+        """Whether this secret was seen to be the key id's right one."""
         proven = self._proven.get(key_id)
         return proven is not None and hmac.compare_digest(proven, digest)
 

@@ -1,8 +1,10 @@
 """Thread pools that keep blocking work off the event loop.
 
-Database calls and argon2 each get their own bounded pool, so a burst of cold
-look-ups queues behind itself and never behind, or in front of, the other.
-argon2-cffi releases the GIL while hashing, so verification runs in parallel.
+Each kind of work has a bounded pool of its own, so that one kind queues behind itself
+and never behind, or in front of, another: the admin RPCs' database calls; Authorize's
+reads of keys; the change log's reads (one thread: a flood of look-ups can never delay
+what revocation depends on); and argon2. argon2-cffi releases the GIL while hashing, so
+verifications run in parallel.
 """
 
 from __future__ import annotations
@@ -26,29 +28,48 @@ class Workers:
     def __init__(
         self,
         *,
-        db_threads: int = 8,
+        db_threads: int = 4,
+        lookup_threads: int = 8,
         hashing_threads: int | None = None,
         db_timeout_seconds: float = 5.0,
     ) -> None:
         self._db = ThreadPoolExecutor(db_threads, thread_name_prefix="keysvc-db")
+        self._lookup = ThreadPoolExecutor(lookup_threads, thread_name_prefix="keysvc-lookup")
+        self._feed = ThreadPoolExecutor(1, thread_name_prefix="keysvc-feed")
         self._hashing = ThreadPoolExecutor(
             hashing_threads or os.cpu_count() or 1, thread_name_prefix="keysvc-argon2"
         )
         self._db_timeout = db_timeout_seconds
+        # Every thread may hold a database connection at once.
+        self.database_connections = db_threads + lookup_threads + 1
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Runs `fn` on the database pool; Unavailable if it takes longer than the timeout.
+        """Runs `fn` on the admin RPCs' database pool; Unavailable if it takes longer than
+        the timeout.
 
         A database that stops answering (a paused server) would otherwise hold the
         RPC forever. The thread may go on waiting; the store checks the deadline
         before committing, so what the caller was told stays true.
         """
+        return await self._database(self._db, functools.partial(fn, *args, **kwargs))
+
+    async def lookup(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """As `db`, on the pool of Authorize's reads."""
+        return await self._database(self._lookup, functools.partial(fn, *args, **kwargs))
+
+    async def feed(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """As `db`, on the change log's own thread."""
+        return await self._database(self._feed, functools.partial(fn, *args, **kwargs))
+
+    async def _database(self, pool: ThreadPoolExecutor, call: Callable[[], T]) -> T:
         context = contextvars.copy_context()
         context.run(deadline.set_for_call, self._db_timeout)
-        call = functools.partial(context.run, functools.partial(fn, *args, **kwargs))
-        future = asyncio.get_running_loop().run_in_executor(self._db, call)
+        future = asyncio.get_running_loop().run_in_executor(
+            pool, functools.partial(context.run, call)
+        )
         try:
-            return await asyncio.wait_for(future, self._db_timeout)
+            async with asyncio.timeout(self._db_timeout):
+                return await future
         except TimeoutError as err:
             raise Unavailable("database did not answer in time") from err
 
@@ -57,5 +78,6 @@ class Workers:
         return await asyncio.get_running_loop().run_in_executor(self._hashing, call)
 
     def close(self) -> None:
-        self._db.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._db, self._lookup, self._feed):
+            pool.shutdown(wait=False, cancel_futures=True)
         self._hashing.shutdown(wait=True)

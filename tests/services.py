@@ -20,7 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -95,13 +95,18 @@ class _Process:
 
 
 class PrivateRedis(_Process):
-    """A redis-server of its own on a free port, keeping nothing on disk (like the shared one)."""
+    """A redis-server of its own on a free port, keeping nothing on disk (like the shared one)
+    unless `options` say otherwise (e.g. ["--appendonly", "yes"]); a restart then loads what
+    it kept in `workdir`."""
 
-    def __init__(self, workdir: Path, *, password: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, password: str | None = None, options: Sequence[str] = ()
+    ) -> None:
         self.binary = _binary("redis-server")
         self.password = password
         self.port = free_port()
         self.workdir = workdir
+        self.options = list(options)
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
@@ -115,6 +120,8 @@ class PrivateRedis(_Process):
                 "--appendonly", "no",
                 "--dir", str(self.workdir),
                 *(["--requirepass", self.password] if self.password else []),
+                # Later options win over the ones above.
+                *self.options,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

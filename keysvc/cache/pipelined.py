@@ -131,11 +131,15 @@ class PipelinedGet:
                 _, protocol = await asyncio.wait_for(
                     loop.create_connection(_Protocol, self._host, self._port), self._timeout
                 )
-                for hello in self._hello:
-                    reply = await self._send(protocol, hello)
-                    if reply != b"OK":
-                        protocol.fail(RespError("Redis refused the connection's set-up"))
-                        raise RespError("Redis refused the connection's set-up")
+                try:
+                    for hello in self._hello:
+                        if await self._send(protocol, hello) != b"OK":
+                            raise RespError("Redis refused the connection's set-up")
+                except BaseException:
+                    # Also when the caller is cancelled mid set-up: a connection nobody
+                    # holds would stay open for good.
+                    protocol.fail(RespError("connection set-up did not finish"))
+                    raise
                 self._protocol = protocol
         return self._protocol
 

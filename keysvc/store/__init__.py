@@ -12,15 +12,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from keysvc.model import Actor, ApiKey, AuditEvent, KeyStatus, Mode
+from keysvc.model import Actor, ApiKey, AuditEvent, Change, KeyStatus, Mode
 
 
 @dataclass(frozen=True, slots=True)
 class StoredKey:
-    """A key together with its argon2id verifier, as the cold path of Authorize reads it."""
+    """A key together with its argon2id verifier, as the cold path of Authorize reads it.
+
+    `seq` is the change log's head in the same snapshot: the key's state reflects every
+    change logged up to it, and none after.
+    """
 
     key: ApiKey
     verifier: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A revoked key as stored, and the position of its revocation in the change log; `seq`
+    is None when the key was revoked already, by an earlier call."""
+
+    key: ApiKey
+    seq: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +51,10 @@ class KeyIdTaken(Exception):
 
 
 class KeyStore(Protocol):
-    def insert(self, key: ApiKey, verifier: str, actor: Actor) -> None:
-        """Stores a new key and its key_created event, by `actor` at the key's created_at,
-        in one transaction; raises KeyIdTaken on an id collision."""
+    def insert(self, key: ApiKey, verifier: str, actor: Actor) -> int:
+        """Stores a new key, its key_created event by `actor` at the key's created_at, and
+        its change, in one transaction; returns the change's seq. Raises KeyIdTaken on an
+        id collision."""
 
     def get(self, account_id: str, key_id: str) -> ApiKey | None: ...
 
@@ -54,9 +69,10 @@ class KeyStore(Protocol):
     ) -> list[ApiKey]:
         """The account's keys newest first, starting after `after`."""
 
-    def revoke(self, account_id: str, key_id: str, at: datetime, actor: Actor) -> ApiKey | None:
+    def revoke(self, account_id: str, key_id: str, at: datetime, actor: Actor) -> Revocation | None:
         """Marks the key revoked at `at` unless it already is, and only then records its
-        key_revoked event by `actor`, in the same transaction; returns the key as stored."""
+        key_revoked event by `actor` and its change, in the same transaction. None when the
+        account has no such key."""
 
     def list_audit_events(
         self, account_id: str, *, limit: int, after: Cursor | None
@@ -65,6 +81,21 @@ class KeyStore(Protocol):
 
     def find(self, key_id: str) -> StoredKey | None:
         """The key with this id in any account, for verifying a presented key."""
+
+    def changes_after(self, seq: int, *, limit: int) -> builtins.list[Change]:
+        """Up to `limit` changes logged after `seq`, oldest first."""
+
+    def latest_revocations(self, *, limit: int) -> builtins.list[Change]:
+        """The `limit` most recent revocations (or every one, if fewer), oldest first."""
+
+    def log_head(self) -> int:
+        """The seq of the latest change logged (0 when none is)."""
+
+    def key_ids(self, *, after: str, limit: int) -> builtins.list[str]:
+        """Up to `limit` key ids greater than `after`, in order: every key, page by page."""
+
+    def cache_mac_key(self) -> bytes:
+        """The key that authenticates grants in the shared cache."""
 
     def record_last_used(self, uses: Mapping[str, datetime]) -> None:
         """Moves each key's last_used_at forward to the given time; never backwards."""

@@ -60,3 +60,23 @@ audit_events = sa.Table(
     sa.Column("peer", sa.Text(), nullable=False),
     sa.Column("occurred_at", UTCDateTime(), nullable=False),
 )
+
+# What every replica follows to learn of changes made through the others (see migration 0003
+# and docs/revocation.md): appended in the same transaction as the change, in commit order.
+key_changes = sa.Table(
+    "key_changes",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("changed_at", UTCDateTime(), nullable=False),
+)
+
+# One row: the key that authenticates grants in the shared cache. It never leaves the database
+# for the cache, so write access to the cache cannot forge a grant.
+cache_mac_key = sa.Table(
+    "cache_mac_key",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True),
+    sa.Column("mac_key", sa.String(64), nullable=False),
+)

@@ -16,9 +16,18 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from keysvc import deadline, keys
 from keysvc.errors import Unavailable
-from keysvc.model import Actor, ApiKey, AuditAction, AuditEvent, KeyStatus, Mode
-from keysvc.store import Cursor, KeyIdTaken, StoredKey
-from keysvc.store.schema import api_keys, audit_events
+from keysvc.model import (
+    Actor,
+    ApiKey,
+    AuditAction,
+    AuditEvent,
+    Change,
+    ChangeKind,
+    KeyStatus,
+    Mode,
+)
+from keysvc.store import Cursor, KeyIdTaken, Revocation, StoredKey
+from keysvc.store.schema import api_keys, audit_events, cache_mac_key, key_changes
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +42,16 @@ def database_url(url: str) -> URL:
     return parsed.set(drivername=driver) if driver else parsed
 
 
-def create_engine(url: str, *, timeout_seconds: float = 5.0) -> Engine:
+def create_engine(url: str, *, timeout_seconds: float = 5.0, connections: int = 5) -> Engine:
+    """An engine whose pool holds `connections`: one for each thread that may use it."""
     target = database_url(url)
     # Bound parameters stay out of error messages and logs, whatever they hold.
-    options: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True}
+    options: dict[str, Any] = {
+        "hide_parameters": True,
+        "pool_pre_ping": True,
+        "pool_size": connections,
+        "max_overflow": 2,
+    }
     if target.get_backend_name() == "sqlite":
         options["connect_args"] = {"check_same_thread": False, "timeout": timeout_seconds}
     elif target.get_backend_name() == "postgresql":
@@ -101,6 +116,31 @@ def _record(
     )
 
 
+def _log_change(conn: Connection, key_id: str, kind: ChangeKind, at: datetime) -> int:
+    """Appends a change to the log and returns its seq; call it last in the transaction.
+
+    Writers take turns until they commit (PostgreSQL: an advisory lock; SQLite has a
+    single writer), so seq order is commit order and a reader that sees a change sees
+    every change before it. Taken last, the lock is held for the commit alone.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('keysvc.key_changes'))"))
+    result = conn.execute(
+        key_changes.insert().values(key_id=key_id, kind=kind.value, changed_at=at)
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _row_to_change(row: sa.Row[Any]) -> Change:
+    return Change(seq=row.seq, key_id=row.key_id, kind=ChangeKind(row.kind))
+
+
+# The change log's head, read in the same statement (hence the same snapshot) as a key.
+_LOG_HEAD = sa.select(sa.func.coalesce(sa.func.max(key_changes.c.seq), 0)).scalar_subquery()
+
+
 def _row_to_event(row: sa.Row[Any]) -> AuditEvent:
     return AuditEvent(
         id=row.id,
@@ -130,7 +170,7 @@ class SqlKeyStore:
             log.warning("database unavailable: %s", type(err.orig or err).__name__)
             raise Unavailable("database unavailable") from err
 
-    def insert(self, key: ApiKey, verifier: str, actor: Actor) -> None:
+    def insert(self, key: ApiKey, verifier: str, actor: Actor) -> int:
         try:
             with self._transaction() as conn:
                 conn.execute(
@@ -148,6 +188,7 @@ class SqlKeyStore:
                 _record(
                     conn, AuditAction.KEY_CREATED, key.account_id, key.id, actor, key.created_at
                 )
+                return _log_change(conn, key.id, ChangeKind.CREATED, key.created_at)
         except sa.exc.IntegrityError as err:
             # Or, rarer still, the event's id: either way, new ids make the next attempt.
             raise KeyIdTaken(key.id) from err
@@ -188,7 +229,7 @@ class SqlKeyStore:
         with self._transaction() as conn:
             return [_row_to_key(row) for row in conn.execute(query)]
 
-    def revoke(self, account_id: str, key_id: str, at: datetime, actor: Actor) -> ApiKey | None:
+    def revoke(self, account_id: str, key_id: str, at: datetime, actor: Actor) -> Revocation | None:
         mine = sa.and_(api_keys.c.id == key_id, api_keys.c.account_id == account_id)
         with self._transaction() as conn:
             # Only the first revocation sets revoked_at, and only it is recorded. A concurrent
@@ -197,10 +238,14 @@ class SqlKeyStore:
             changed = conn.execute(
                 api_keys.update().where(mine, api_keys.c.revoked_at.is_(None)).values(revoked_at=at)
             ).rowcount
+            row = conn.execute(sa.select(*_PUBLIC_COLUMNS).where(mine)).one_or_none()
+            if row is None:
+                return None
+            seq = None
             if changed:
                 _record(conn, AuditAction.KEY_REVOKED, account_id, key_id, actor, at)
-            row = conn.execute(sa.select(*_PUBLIC_COLUMNS).where(mine)).one_or_none()
-        return None if row is None else _row_to_key(row)
+                seq = _log_change(conn, key_id, ChangeKind.REVOKED, at)
+        return Revocation(key=_row_to_key(row), seq=seq)
 
     def list_audit_events(
         self, account_id: str, *, limit: int, after: Cursor | None
@@ -218,9 +263,46 @@ class SqlKeyStore:
             return [_row_to_event(row) for row in conn.execute(query.limit(limit))]
 
     def find(self, key_id: str) -> StoredKey | None:
+        query = sa.select(api_keys, _LOG_HEAD.label("log_seq")).where(api_keys.c.id == key_id)
         with self._transaction() as conn:
-            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one_or_none()
-        return None if row is None else StoredKey(key=_row_to_key(row), verifier=row.verifier)
+            row = conn.execute(query).one_or_none()
+        if row is None:
+            return None
+        return StoredKey(key=_row_to_key(row), verifier=row.verifier, seq=row.log_seq)
+
+    def changes_after(self, seq: int, *, limit: int) -> builtins.list[Change]:
+        query = (
+            sa.select(key_changes)
+            .where(key_changes.c.seq > seq)
+            .order_by(key_changes.c.seq)
+            .limit(limit)
+        )
+        with self._transaction() as conn:
+            return [_row_to_change(row) for row in conn.execute(query)]
+
+    def latest_revocations(self, *, limit: int) -> builtins.list[Change]:
+        query = (
+            sa.select(key_changes)
+            .where(key_changes.c.kind == ChangeKind.REVOKED.value)
+            .order_by(key_changes.c.seq.desc())
+            .limit(limit)
+        )
+        with self._transaction() as conn:
+            return [_row_to_change(row) for row in reversed(conn.execute(query).all())]
+
+    def log_head(self) -> int:
+        with self._transaction() as conn:
+            return int(conn.execute(sa.select(_LOG_HEAD)).scalar_one())
+
+    def key_ids(self, *, after: str, limit: int) -> builtins.list[str]:
+        query = sa.select(api_keys.c.id).where(api_keys.c.id > after).order_by(api_keys.c.id)
+        with self._transaction() as conn:
+            return list(conn.execute(query.limit(limit)).scalars())
+
+    def cache_mac_key(self) -> bytes:
+        with self._transaction() as conn:
+            value = conn.execute(sa.select(cache_mac_key.c.mac_key)).scalar_one()
+        return bytes.fromhex(value)
 
     def record_last_used(self, uses: Mapping[str, datetime]) -> None:
         if not uses:

@@ -1,8 +1,10 @@
-"""The KeyCache contract, held by both caches: the in-process one and Redis."""
+"""The KeyCache contract, held by both caches: the in-process one and Redis; and what the
+Redis one does with values it did not write."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -11,6 +13,7 @@ import pytest
 import redis
 
 from keysvc.cache import KeyCache
+from keysvc.cache.codec import GrantCodec
 from keysvc.cache.memory import MemoryKeyCache
 from keysvc.cache.redis import RedisKeyCache
 from keysvc.errors import Unavailable
@@ -18,14 +21,19 @@ from keysvc.model import KeyGrant, Mode
 from tests.services import SharedRedis, free_port
 from tests.unit.support import async_test
 
+CODEC = GrantCodec(secrets.token_bytes(32))
 
-def _grant(key_id: str = "a1B2c3D4e5F6", *, revoked: bool = False, digest: bool = True) -> KeyGrant:
+
+def _grant(
+    key_id: str = "a1B2c3D4e5F6", *, revoked: bool = False, digest: bool = True, seq: int = 7
+) -> KeyGrant:
     return KeyGrant(
         key_id=key_id,
         account_id="acct_1",
         mode=Mode.LIVE,
         scopes=frozenset({"links:read", "sessions:write"}),
         revoked=revoked,
+        seq=seq,
         digest=hashlib.sha256(key_id.encode()).digest() if digest else None,
     )
 
@@ -44,7 +52,7 @@ def open_cache(request: pytest.FixtureRequest) -> Iterator[Callable[[], AsyncIte
         if request.param == "memory":
             cache = MemoryKeyCache()
         else:
-            cache = RedisKeyCache(shared.url, prefix=prefix)
+            cache = RedisKeyCache(shared.url, CODEC, prefix=prefix)
         try:
             yield cache
         finally:
@@ -53,115 +61,112 @@ def open_cache(request: pytest.FixtureRequest) -> Iterator[Callable[[], AsyncIte
     yield opened
 
 
-async def _fill(cache: KeyCache, grant: KeyGrant) -> KeyGrant | None:
-    return await cache.fill(grant, await cache.epoch())
-
-
-class TestGetAndFill:
+class TestGetAndPut:
     @async_test
-    async def test_a_key_never_filled_is_not_cached(self, open_cache) -> None:
-        """get() of a key nobody filled is None."""
+    async def test_a_key_never_put_is_not_cached(self, open_cache) -> None:
+        """get() of a key nothing was put for is None."""
         async with open_cache() as cache:
-            assert await cache.get("zzzzzzzzzzzz") is None
+            assert await cache.get("a1B2c3D4e5F6") is None
 
     @async_test
-    async def test_a_filled_grant_comes_back_whole(self, open_cache) -> None:
-        """A filled grant is returned by fill() and then by get(), digest and scopes included."""
+    async def test_a_grant_comes_back_whole(self, open_cache) -> None:
+        """Every field of a grant, its seq and digest included, comes back as it was put."""
         async with open_cache() as cache:
-            grant = _grant()
-            assert await _fill(cache, grant) == grant
-            assert await cache.get(grant.key_id) == grant
-
-
-class TestRevocationOutranksFills:
-    @async_test
-    async def test_an_active_fill_after_a_revoke_returns_the_marker(self, open_cache) -> None:
-        """A stale active grant filled after the revocation is refused, and the marker returned."""
-        async with open_cache() as cache:
-            await cache.revoke(_grant(revoked=True, digest=False))
-            returned = await _fill(cache, _grant())
-            assert returned is not None and returned.revoked
-            cached = await cache.get(_grant().key_id)
-            assert cached is not None and cached.revoked
+            for grant in (_grant(), _grant("revokedKey01", revoked=True, digest=False)):
+                await cache.put(grant)
+                assert await cache.get(grant.key_id) == grant
 
     @async_test
-    async def test_a_revoke_keeps_the_cached_digest(self, open_cache) -> None:
-        """Revoking a cached key keeps its digest, so the revoked key is refused without argon2."""
+    async def test_a_put_replaces_what_the_key_had(self, open_cache) -> None:
+        """The latest put wins: which grant may decide is for the change log to say."""
         async with open_cache() as cache:
-            active = _grant()
-            await _fill(cache, active)
-            await cache.revoke(_grant(revoked=True, digest=False))
-            cached = await cache.get(active.key_id)
-            assert cached is not None and cached.revoked and cached.digest == active.digest
-
-    @async_test
-    async def test_a_verified_revoked_grant_replaces_a_bare_marker(self, open_cache) -> None:
-        """A revoked grant with its digest may replace a marker that had none."""
-        async with open_cache() as cache:
-            await cache.revoke(_grant(revoked=True, digest=False))
-            verified = _grant(revoked=True)
-            assert await _fill(cache, verified) == verified
-
-    @async_test
-    async def test_a_fill_under_an_old_epoch_caches_nothing(self, open_cache) -> None:
-        """A fill carrying an epoch the cache no longer has is refused (None) and caches nothing."""
-        async with open_cache() as cache:
-            assert await cache.fill(_grant(), "not-the-current-epoch") is None
-            assert await cache.get(_grant().key_id) is None
+            await cache.put(_grant(revoked=True, seq=9))
+            await cache.put(_grant(seq=3))
+            assert await cache.get("a1B2c3D4e5F6") == _grant(seq=3)
 
 
-class TestRedisLayout:
+class TestRedis:
     @pytest.fixture
-    def shared(self, shared_redis: SharedRedis) -> SharedRedis:
-        return shared_redis
+    def prefix(self, shared_redis: SharedRedis) -> str:
+        return f"{shared_redis.prefix}redis-{secrets.token_hex(4)}:"
 
     @async_test
-    async def test_entries_expire_as_a_backstop(self, shared: SharedRedis) -> None:
-        """Active grants and revocation markers both carry a TTL, the markers the longer one."""
-        prefix = f"{shared.prefix}ttl-{secrets.token_hex(4)}:"
-        cache = RedisKeyCache(shared.url, prefix=prefix, ttl_seconds=60, revoked_ttl_seconds=600)
+    async def test_entries_expire_as_a_bound(self, shared_redis: SharedRedis, prefix: str) -> None:
+        """Active and revoked grants both carry a TTL, the revoked ones the longer one."""
+        cache = RedisKeyCache(
+            shared_redis.url, CODEC, prefix=prefix, ttl_seconds=60, revoked_ttl_seconds=600
+        )
         try:
-            await _fill(cache, _grant("activeKey001"))
-            await cache.revoke(_grant("revokedKey01", revoked=True, digest=False))
+            await cache.put(_grant("activeKey001"))
+            await cache.put(_grant("revokedKey01", revoked=True, digest=False))
         finally:
             await cache.close()
-        client = redis.Redis.from_url(shared.url)
+        client = redis.Redis.from_url(shared_redis.url)
         try:
             assert 0 < client.pttl(f"{prefix}grant:activeKey001") <= 60_000
             assert 60_000 < client.pttl(f"{prefix}grant:revokedKey01") <= 600_000
         finally:
             client.close()
 
+    @pytest.mark.parametrize(
+        "value",
+        [
+            # The layout before grants were authenticated, and a made-up grant in this one.
+            b'A{"k":"a1B2c3D4e5F6","a":"acct_x","m":"live","s":["links:write"],"d":null}',
+            b'2{"k":"a1B2c3D4e5F6","a":"acct_x","m":"live","s":["links:write"],"r":false,'
+            b'"q":99,"d":null}' + b"0" * 32,
+            GrantCodec(secrets.token_bytes(32)).encode(_grant()),
+        ],
+        ids=["old layout", "forged tag", "another deployment's"],
+    )
     @async_test
-    async def test_losing_the_contents_changes_the_epoch(self, shared: SharedRedis) -> None:
-        """When Redis loses its contents (a restart), its epoch changes: old fills are refused."""
-        prefix = f"{shared.prefix}epoch-{secrets.token_hex(4)}:"
-        cache = RedisKeyCache(shared.url, prefix=prefix)
-        client = redis.Redis.from_url(shared.url)
+    async def test_a_value_keysvc_did_not_write_is_a_miss(
+        self,
+        shared_redis: SharedRedis,
+        prefix: str,
+        value: bytes,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Whatever else sits under keysvc's prefix is no grant, and is reported in the log."""
+        client = redis.Redis.from_url(shared_redis.url)
+        client.set(f"{prefix}grant:a1B2c3D4e5F6", value)
+        client.close()
+        cache = RedisKeyCache(shared_redis.url, CODEC, prefix=prefix)
         try:
-            before = await cache.epoch()
-            client.delete(*client.keys(f"{prefix}*"))
-            assert await cache.epoch() != before
-            assert await cache.fill(_grant(), before) is None
-            assert await cache.get(_grant().key_id) is None
+            with caplog.at_level(logging.WARNING, logger="keysvc.cache.redis"):
+                assert await cache.get("a1B2c3D4e5F6") is None
         finally:
             await cache.close()
-            client.close()
+        assert "did not authenticate" in caplog.text
+
+    @async_test
+    async def test_reports_of_unauthentic_values_are_rate_limited(
+        self, shared_redis: SharedRedis, prefix: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Whoever writes to the cache cannot flood the log: one report a minute, counted."""
+        client = redis.Redis.from_url(shared_redis.url)
+        for n in range(20):
+            client.set(f"{prefix}grant:forgedKey{n:03d}", b"2{}" + b"0" * 32)
+        client.close()
+        cache = RedisKeyCache(shared_redis.url, CODEC, prefix=prefix)
+        try:
+            with caplog.at_level(logging.WARNING, logger="keysvc.cache.redis"):
+                for n in range(20):
+                    assert await cache.get(f"forgedKey{n:03d}") is None
+        finally:
+            await cache.close()
+        assert caplog.text.count("did not authenticate") == 1
 
 
 class TestRedisUnreachable:
     @async_test
     async def test_every_operation_raises_unavailable(self) -> None:
         """With nothing listening, each operation raises Unavailable instead of a Redis error."""
-        cache = RedisKeyCache(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.2)
+        cache = RedisKeyCache(f"redis://127.0.0.1:{free_port()}/0", CODEC, timeout_seconds=0.2)
         try:
             with pytest.raises(Unavailable):
                 await cache.get("a1B2c3D4e5F6")
             with pytest.raises(Unavailable):
-                await cache.epoch()
-            with pytest.raises(Unavailable):
-                await cache.fill(_grant(), "epoch")
-            with pytest.raises(Unavailable):
-                await cache.revoke(_grant(revoked=True))
+                await cache.put(_grant())
         finally:
             await cache.close()

@@ -106,6 +106,9 @@ def serve_command(data_dir: Path, *args: str, listen: str = "127.0.0.1:0") -> li
         str(data_dir),
         "--last-used-flush-seconds",
         "0.2",
+        # A short lease keeps each RevokeKey's wait short; the protocol is the same.
+        "--lease-seconds",
+        "0.3",
         # Later flags win, so callers can override the ones above.
         *args,
     ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from keysvc.authorizer import Authorizer
 from keysvc.cache.memory import MemoryKeyCache
+from keysvc.change_log import ChangeFollower, ChangeLog
 from keysvc.last_used import LastUsedRecorder
 from keysvc.service import KeyService
 from keysvc.store import migrate
@@ -41,7 +43,7 @@ def engine(request: pytest.FixtureRequest, database_path: Path) -> Iterator[Engi
         with engine.begin() as conn:
             # The audit trail refuses TRUNCATE: its owner lifts that for this one statement.
             conn.execute(sa.text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
-            conn.execute(sa.text("TRUNCATE api_keys, audit_events"))
+            conn.execute(sa.text("TRUNCATE api_keys, audit_events, key_changes RESTART IDENTITY"))
             conn.execute(sa.text("ALTER TABLE audit_events ENABLE TRIGGER USER"))
     yield engine
     engine.dispose()
@@ -74,9 +76,14 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+# Short, so that RevokeKey's wait costs the tests little; the follower reads five times in it.
+LEASE_SECONDS = 0.05
+
+
 @dataclass
 class Keysvc:
-    """One keysvc process: the use cases and Authorize over a store, sharing one cache."""
+    """One keysvc process: the use cases and Authorize over a store, sharing one cache and
+    one view of the change log. The follower starts in the event loop that first uses them."""
 
     store: SqlKeyStore
     workers: Workers
@@ -85,10 +92,38 @@ class Keysvc:
     verifier: CountingVerifier
     cache: MemoryKeyCache
     recorder: LastUsedRecorder
-    service: KeyService
-    authorizer: Authorizer
+    change_log: ChangeLog
+    follower: ChangeFollower
+    _service: KeyService
+    _authorizer: Authorizer
     # How long each refusal the throttle slowed down was made to wait (no real waiting).
     delays: list[float]
+    _following: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = field(default_factory=dict)
+
+    @property
+    def service(self) -> KeyService:
+        self.follow()
+        return self._service
+
+    @property
+    def authorizer(self) -> Authorizer:
+        self.follow()
+        return self._authorizer
+
+    def follow(self) -> None:
+        """Starts following the change log in the running event loop, once per loop (outside
+        one, nothing can use the log)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if loop not in self._following:
+
+            async def follow() -> None:
+                await self.follower.load()
+                await self.follower.run()
+
+            self._following[loop] = loop.create_task(follow())
 
     @classmethod
     def wire(
@@ -103,6 +138,10 @@ class Keysvc:
         verifier = verifier or CountingVerifier()
         monotonic = FakeMonotonic()
         cache = MemoryKeyCache(clock=monotonic)
+        change_log = ChangeLog(lease_seconds=LEASE_SECONDS)
+        follower = ChangeFollower(
+            store, workers, change_log, interval_seconds=LEASE_SECONDS / 5, min_gap_seconds=0
+        )
 
         async def flush(uses: Mapping[str, datetime]) -> None:
             await workers.db(store.record_last_used, uses)
@@ -121,13 +160,16 @@ class Keysvc:
             verifier=verifier,
             cache=cache,
             recorder=recorder,
-            service=KeyService(store, cache, verifier, workers, clock=clock),
-            authorizer=authorizer_class(
+            change_log=change_log,
+            follower=follower,
+            _service=KeyService(store, cache, verifier, workers, change_log, clock=clock),
+            _authorizer=authorizer_class(
                 store,
                 cache,
                 verifier,
                 workers,
                 recorder,
+                change_log,
                 clock=clock,
                 monotonic=monotonic,
                 sleep=record_delay,

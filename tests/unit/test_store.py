@@ -10,7 +10,16 @@ import sqlalchemy as sa
 
 from keysvc import keys
 from keysvc.errors import Unavailable
-from keysvc.model import Actor, ApiKey, AuditAction, AuditEvent, KeyStatus, Mode
+from keysvc.model import (
+    Actor,
+    ApiKey,
+    AuditAction,
+    AuditEvent,
+    Change,
+    ChangeKind,
+    KeyStatus,
+    Mode,
+)
 from keysvc.store import Cursor, KeyIdTaken, migrate, sql
 from keysvc.store.sql import SqlKeyStore, create_engine
 
@@ -254,10 +263,10 @@ class TestRevoke:
         key = _api_key()
         _insert(store, key)
         at = T0 + timedelta(hours=1)
-        revoked = store.revoke("acct_1", key.id, at, ADMIN)
-        assert revoked is not None and revoked.revoked_at == at
-        assert revoked.status is KeyStatus.REVOKED
-        assert store.get("acct_1", key.id) == revoked
+        revocation = store.revoke("acct_1", key.id, at, ADMIN)
+        assert revocation is not None and revocation.key.revoked_at == at
+        assert revocation.key.status is KeyStatus.REVOKED
+        assert store.get("acct_1", key.id) == revocation.key
 
     def test_a_second_revoke_keeps_the_first_time(self, store: SqlKeyStore) -> None:
         """Revoking a revoked key changes nothing: revoked_at stays the first revocation's."""
@@ -266,7 +275,8 @@ class TestRevoke:
         first = T0 + timedelta(hours=1)
         store.revoke("acct_1", key.id, first, ADMIN)
         again = store.revoke("acct_1", key.id, first + timedelta(hours=1), ADMIN)
-        assert again is not None and again.revoked_at == first
+        assert again is not None and again.key.revoked_at == first
+        assert again.seq is None  # nothing changed, nothing logged
         stored = store.get("acct_1", key.id)
         assert stored is not None and stored.revoked_at == first
 
@@ -281,6 +291,83 @@ class TestRevoke:
     def test_an_unknown_key_is_none(self, store: SqlKeyStore) -> None:
         """Revoking an id no key has returns None."""
         assert store.revoke("acct_1", keys.new_key_id(), T0, ADMIN) is None
+
+
+class TestChangeLog:
+    """Every creation and revocation is logged in its own transaction, in commit order; a read
+    of a key names the log position its state reflects."""
+
+    def test_logs_creations_and_revocations_in_order(self, store: SqlKeyStore) -> None:
+        """Creating two keys and revoking the first logs three changes, numbered in order."""
+        first, second = _api_key(), _api_key()
+        created_first = store.insert(first, "$argon2id$v", ADMIN)
+        created_second = store.insert(second, "$argon2id$v", ADMIN)
+        revocation = store.revoke("acct_1", first.id, T0 + timedelta(hours=1), ADMIN)
+
+        assert revocation is not None and revocation.seq is not None
+        assert created_first < created_second < revocation.seq
+        assert store.changes_after(0, limit=10) == [
+            Change(created_first, first.id, ChangeKind.CREATED),
+            Change(created_second, second.id, ChangeKind.CREATED),
+            Change(revocation.seq, first.id, ChangeKind.REVOKED),
+        ]
+        assert store.changes_after(created_first, limit=1) == [
+            Change(created_second, second.id, ChangeKind.CREATED)
+        ]
+        assert store.log_head() == revocation.seq
+
+    def test_a_failed_change_logs_nothing(self, store: SqlKeyStore) -> None:
+        """A revocation of another account's key, or of no key, leaves the log as it was."""
+        theirs = _api_key(account_id="acct_other")
+        _insert(store, theirs)
+        head = store.log_head()
+        store.revoke("acct_1", theirs.id, T0, ADMIN)
+        store.revoke("acct_1", keys.new_key_id(), T0, ADMIN)
+        assert store.log_head() == head
+
+    def test_a_read_names_the_log_position_it_reflects(self, store: SqlKeyStore) -> None:
+        """find() returns the log's head as of the read: the key's state reflects every change
+        up to it, so a read after a revocation is at or past the revocation."""
+        key = _api_key()
+        created = store.insert(key, "$argon2id$v", ADMIN)
+        before = store.find(key.id)
+        revocation = store.revoke("acct_1", key.id, T0 + timedelta(hours=1), ADMIN)
+        after = store.find(key.id)
+
+        assert before is not None and (before.seq, before.key.revoked_at) == (created, None)
+        assert revocation is not None and revocation.seq is not None
+        assert after is not None and after.seq >= revocation.seq and after.key.revoked_at
+
+    def test_latest_revocations_are_the_newest_oldest_first(self, store: SqlKeyStore) -> None:
+        """The start-up read of recent revocations returns the newest ones, in log order."""
+        revoked = []
+        for _ in range(3):
+            key = _api_key()
+            _insert(store, key)
+            revocation = store.revoke("acct_1", key.id, T0 + timedelta(hours=1), ADMIN)
+            assert revocation is not None
+            revoked.append((revocation.seq, key.id))
+        latest = store.latest_revocations(limit=2)
+        assert [(c.seq, c.key_id) for c in latest] == revoked[1:]
+        assert {c.kind for c in latest} == {ChangeKind.REVOKED}
+
+    def test_key_ids_page_through_every_key(self, store: SqlKeyStore) -> None:
+        """key_ids() lists every key id, of every account, in pages."""
+        stored = sorted(_api_key(account_id=f"acct_{n}").id for n in range(5))
+        for key_id in stored:
+            _insert(store, _api_key(key_id))
+        pages, after = [], ""
+        while page := store.key_ids(after=after, limit=2):
+            pages.append(page)
+            after = page[-1]
+        assert [key_id for page in pages for key_id in page] == stored
+        assert [len(page) for page in pages] == [2, 2, 1]
+
+    def test_the_cache_mac_key_is_random_and_stable(self, store: SqlKeyStore) -> None:
+        """The migration draws 32 random bytes once; every read returns the same."""
+        mac_key = store.cache_mac_key()
+        assert len(mac_key) == 32 and mac_key != bytes(32)
+        assert store.cache_mac_key() == mac_key
 
 
 class TestAuditEventsAreWrittenWithTheChange:

@@ -1,0 +1,352 @@
+"""One explored schedule: replicas of the real keysvc use cases over the fault-injecting
+backends, clients creating, authorizing and revoking keys at random, and faults striking at
+random, all on the deterministic loop; what happened is recorded as a History for the checker.
+
+Everything random comes from the loop's seeded generator, so a seed replays its schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from keysvc import keys
+from keysvc.authorizer import Authorizer
+from keysvc.cache import KeyCache
+from keysvc.cache.codec import GrantCodec
+from keysvc.cache.memory import MemoryKeyCache
+from keysvc.change_log import ChangeFollower, ChangeLog
+from keysvc.errors import KeysvcError
+from keysvc.last_used import LastUsedRecorder
+from keysvc.model import Actor, Mode
+from keysvc.service import KeyService
+from tests.explorer import loop as explorer_loop
+from tests.explorer.backends import (
+    Delay,
+    FakeCache,
+    FakeRedis,
+    FakeStore,
+    FakeVerifier,
+    FakeWorkers,
+    Faults,
+)
+
+LEASE = 1.0
+FAULTS = (
+    "cache restarts empty",
+    "cache restored from an older state",
+    "old value replayed into the cache",
+    "forged value in the cache",
+    "cache down",
+    "cache slow",
+    "store down",
+    "store slow",
+    "replica cut off from the cache",
+    "replica cut off from the store",
+)
+ACCOUNT = "acct_explorer"
+OPERATOR = Actor("explorer", "ipv4:127.0.0.1:1")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The shape of a schedule: how many replicas, whether they share a Redis (else each keeps
+    the embedded in-process cache), how many clients make how many calls on how many keys."""
+
+    replicas: int = 3
+    shared_cache: bool = True
+    clients: int = 4
+    operations: int = 25
+    keys: int = 4
+
+    @classmethod
+    def drawn(cls, seed: int) -> Setup:
+        """A shape drawn from the seed: one replica on the embedded cache up to three on a
+        shared Redis, few keys and many clients (contention) up to the reverse."""
+        rng = random.Random(f"setup {seed}")
+        return cls(
+            replicas=rng.choice((1, 2, 2, 3, 3)),
+            shared_cache=rng.random() < 0.75,
+            clients=rng.choice((3, 4, 6, 8)),
+            operations=rng.choice((20, 30, 40)),
+            keys=rng.choice((1, 1, 2, 4)),
+        )
+
+
+@dataclass
+class Authorization:
+    replica: int
+    key_id: str
+    # "right" (the key's own), "wrong" (its id with another secret) or "made-up" (an id
+    # nobody issued).
+    secret: str
+    arrived: float
+    decided: float | None = None
+    # "allowed", a refusal's reason, "error" (an RPC error), or "cancelled".
+    outcome: str = "cancelled"
+
+
+@dataclass
+class Revocation:
+    replica: int
+    key_id: str
+    called: float
+    returned: float | None = None  # when it returned OK
+    outcome: str = "cancelled"
+
+
+@dataclass
+class History:
+    seed: int
+    setup: Setup
+    lease: float
+    authorizations: list[Authorization] = field(default_factory=list)
+    revocations: list[Revocation] = field(default_factory=list)
+    faults: list[tuple[float, str]] = field(default_factory=list)
+    # From the store: when each key's creation and revocation committed (virtual time).
+    created_at: dict[str, float] = field(default_factory=dict)
+    revoked_at: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Replica:
+    service: KeyService
+    authorizer: Authorizer
+    follower: ChangeFollower
+
+
+class Simulation:
+    def __init__(self, seed: int, setup: Setup) -> None:
+        self.seed = seed
+        self.setup = setup
+
+    def run(self) -> History:
+        # Key ids and secrets too come from the seed, so that a schedule replays exactly.
+        drawn = random.Random(self.seed)
+        original = keys._random_base62
+        keys._random_base62 = lambda n: "".join(drawn.choice(keys.ALPHABET) for _ in range(n))
+        try:
+            return explorer_loop.run(self.seed, self._main())
+        finally:
+            keys._random_base62 = original
+
+    async def _main(self) -> History:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, explorer_loop.ExplorerLoop)
+        rng = loop.rng
+        history = History(self.seed, self.setup, LEASE)
+        store = FakeStore(loop.time)
+        redis = FakeRedis(rng)
+        faults = Faults()
+        delay = Delay(rng)
+        codec = GrantCodec(store.cache_mac_key())
+        replicas = [
+            self._replica(n, store, redis, codec, faults, delay, rng, loop.time)
+            for n in range(self.setup.replicas)
+        ]
+        for replica in replicas:
+            await replica.follower.load()
+        following = [asyncio.ensure_future(r.follower.run()) for r in replicas]
+
+        secrets: dict[str, str] = {}
+        for n in range(self.setup.keys):
+            created = await replicas[0].service.create_key(
+                ACCOUNT, f"key {n}", Mode.LIVE, ["links:read"], OPERATOR
+            )
+            secrets[created.key.id] = created.secret
+
+        clients_done = asyncio.Event()
+        breaker = asyncio.ensure_future(
+            self._break_things(rng, faults, redis, secrets, history, clients_done)
+        )
+        await asyncio.gather(
+            *(self._client(rng, replicas, secrets, history) for _ in range(self.setup.clients))
+        )
+        clients_done.set()
+        await breaker
+        for task in following:
+            task.cancel()
+        history.created_at = dict(store.created_at)
+        history.revoked_at = dict(store.revoked_at)
+        return history
+
+    def _replica(
+        self,
+        number: int,
+        store: FakeStore,
+        redis: FakeRedis,
+        codec: GrantCodec,
+        faults: Faults,
+        delay: Delay,
+        rng: random.Random,
+        now: Callable[[], float],
+    ) -> _Replica:
+        workers = FakeWorkers(faults, number, delay, rng)
+        verifier = FakeVerifier()
+        change_log = ChangeLog(lease_seconds=LEASE, clock=now)
+        follower = ChangeFollower(
+            store,  # type: ignore[arg-type]
+            workers,  # type: ignore[arg-type]
+            change_log,
+            interval_seconds=LEASE / 5,
+        )
+        cache: KeyCache
+        if self.setup.shared_cache:
+            cache = FakeCache(redis, codec, faults, number, delay)
+        else:
+            cache = MemoryKeyCache(clock=now)
+
+        def wall_clock() -> datetime:
+            return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=now())
+
+        async def flush(uses: Mapping[str, datetime]) -> None:
+            return None
+
+        service = KeyService(
+            store,  # type: ignore[arg-type]
+            cache,
+            verifier,  # type: ignore[arg-type]
+            workers,  # type: ignore[arg-type]
+            change_log,
+            clock=wall_clock,
+        )
+        authorizer = Authorizer(
+            store,  # type: ignore[arg-type]
+            cache,
+            verifier,  # type: ignore[arg-type]
+            workers,  # type: ignore[arg-type]
+            LastUsedRecorder(flush),
+            change_log,
+            clock=wall_clock,
+            monotonic=now,
+        )
+        return _Replica(service, authorizer, follower)
+
+    async def _client(
+        self,
+        rng: random.Random,
+        replicas: list[_Replica],
+        secrets: dict[str, str],
+        history: History,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(self.setup.operations):
+            number = rng.randrange(len(replicas))
+            replica = replicas[number]
+            key_id = rng.choice(sorted(secrets))
+            # Some callers give up: an API server's deadline, an operator's Ctrl-C.
+            patience = rng.choice((None, None, None, 0.001, 0.01, 0.1))
+            roll = rng.random()
+            if roll < 0.7:
+                kind = rng.choice(("right",) * 8 + ("wrong", "made-up"))
+                api_key = secrets[key_id]
+                if kind == "wrong":
+                    api_key = keys.generate(Mode.LIVE, key_id)
+                elif kind == "made-up":
+                    key_id = keys.new_key_id()
+                    api_key = keys.generate(Mode.LIVE, key_id)
+                record = Authorization(number, key_id, kind, arrived=loop.time())
+                history.authorizations.append(record)
+                await self._attempt(
+                    replica.authorizer.authorize(api_key, ["links:read"]), patience, record
+                )
+            elif roll < 0.85:
+                revocation = Revocation(number, key_id, called=loop.time())
+                history.revocations.append(revocation)
+                await self._attempt(
+                    replica.service.revoke_key(ACCOUNT, key_id, OPERATOR), patience, revocation
+                )
+            elif roll < 0.95:
+                with contextlib.suppress(KeysvcError, TimeoutError):
+                    async with asyncio.timeout(patience):
+                        created = await replica.service.create_key(
+                            ACCOUNT, "another", Mode.LIVE, ["links:read"], OPERATOR
+                        )
+                        secrets[created.key.id] = created.secret
+            else:
+                await asyncio.sleep(rng.choice((0.1, 0.5, LEASE, 2 * LEASE)))
+
+    @staticmethod
+    async def _attempt(
+        call: Awaitable[object], patience: float | None, record: Authorization | Revocation
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(patience):
+                result = await call
+        except TimeoutError:
+            record.outcome = "cancelled"
+            return
+        except KeysvcError as err:
+            record.outcome = f"error: {type(err).__name__}"
+            return
+        if isinstance(record, Authorization):
+            record.decided = loop.time()
+            reason = getattr(result, "reason", None)
+            record.outcome = "allowed" if getattr(result, "allowed", False) else str(reason)
+        else:
+            record.returned = loop.time()
+            record.outcome = "ok"
+
+    async def _break_things(
+        self,
+        rng: random.Random,
+        faults: Faults,
+        redis: FakeRedis,
+        secrets: dict[str, str],
+        history: History,
+        done: asyncio.Event,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        mending: list[asyncio.Task[None]] = []
+
+        def for_a_while(name: str, undo: Callable[[], None]) -> None:
+            async def later() -> None:
+                await asyncio.sleep(rng.choice((0.01, 0.2, LEASE / 2, LEASE, 3 * LEASE)))
+                undo()
+                history.faults.append((loop.time(), f"end of {name}"))
+
+            mending.append(asyncio.ensure_future(later()))
+
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(rng.choice((0.01, 0.1, 0.3, 1.0))):
+                    await done.wait()
+            if done.is_set():
+                break
+            fault = rng.choice(FAULTS)
+            history.faults.append((loop.time(), fault))
+            if fault == "cache restarts empty":
+                redis.restart_empty()
+            elif fault == "cache restored from an older state":
+                redis.restore_older()
+            elif fault == "old value replayed into the cache":
+                redis.replay()
+            elif fault == "forged value in the cache":
+                redis.forge(f"grant:{rng.choice(sorted(secrets))}")
+            elif fault == "cache down":
+                faults.cache_down = True
+                for_a_while(fault, lambda: setattr(faults, "cache_down", False))
+            elif fault == "cache slow":
+                faults.cache_slow = rng.choice((0.3, 1.0, 3.0))
+                for_a_while(fault, lambda: setattr(faults, "cache_slow", 0.0))
+            elif fault == "store down":
+                faults.store_down = True
+                for_a_while(fault, lambda: setattr(faults, "store_down", False))
+            elif fault == "store slow":
+                faults.store_slow = rng.choice((0.3, 1.0, 3.0))
+                for_a_while(fault, lambda: setattr(faults, "store_slow", 0.0))
+            elif fault == "replica cut off from the cache":
+                cut = rng.randrange(self.setup.replicas)
+                faults.cut_off_from_cache.add(cut)
+                for_a_while(fault, lambda cut=cut: faults.cut_off_from_cache.discard(cut))
+            else:
+                cut = rng.randrange(self.setup.replicas)
+                faults.cut_off_from_store.add(cut)
+                for_a_while(fault, lambda cut=cut: faults.cut_off_from_store.discard(cut))
+        for task in mending:
+            task.cancel()

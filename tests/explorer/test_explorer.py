@@ -1,0 +1,106 @@
+"""The schedule explorer (docs/revocation.md): thousands of seeded schedules of the real use
+cases over fault-injecting backends, every history judged by the checker."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from tests.explorer.checker import describe, violations
+from tests.explorer.schedule import (
+    FAULTS,
+    Authorization,
+    History,
+    Revocation,
+    Setup,
+    Simulation,
+)
+
+# How many schedules a run explores; .ci/run keeps the default.
+SCHEDULES = int(os.environ.get("KEYSVC_EXPLORER_SCHEDULES", "3000"))
+
+
+@pytest.fixture(autouse=True)
+def quiet() -> Iterator[None]:
+    """The use cases log every fault they meet; thousands of schedules would flood the output."""
+    logging.disable(logging.CRITICAL)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+def _explore(seed: int) -> History:
+    return Simulation(seed, Setup.drawn(seed)).run()
+
+
+class TestExploredSchedules:
+    def test_no_schedule_breaks_an_invariant(self) -> None:
+        """Across every explored schedule, no request is allowed that I1, I2 or I3 forbids; and
+        the schedules did what exploring needs: allowed requests, revocations, requests refused
+        after them, and every kind of fault."""
+        totals: Counter[str] = Counter()
+        for seed in range(SCHEDULES):
+            history = _explore(seed)
+            found = violations(history)
+            assert not found, "\n".join([*found, "", describe(history)])
+            totals["allowed"] += sum(a.outcome == "allowed" for a in history.authorizations)
+            totals["revocations committed"] += len(history.revoked_at)
+            totals["refused after a revocation committed"] += sum(
+                a.outcome == "Reason.REVOKED" for a in history.authorizations
+            )
+            totals.update(name for _, name in history.faults if not name.startswith("end of"))
+        assert totals["allowed"] > 10 * SCHEDULES, totals
+        assert totals["revocations committed"] > SCHEDULES, totals
+        assert totals["refused after a revocation committed"] > SCHEDULES, totals
+        assert set(FAULTS) <= set(totals), totals
+
+    def test_a_seed_replays_its_schedule(self) -> None:
+        """The same seed gives the same history, call for call: a failing seed can be studied."""
+
+        def outline(history: History) -> list[tuple[object, ...]]:
+            return [
+                (a.replica, a.secret, a.arrived, a.decided, a.outcome)
+                for a in history.authorizations
+            ] + [(r.replica, r.called, r.returned, r.outcome) for r in history.revocations]
+
+        assert outline(_explore(7)) == outline(_explore(7))
+        assert outline(_explore(7)) != outline(_explore(8))
+
+
+class TestTheChecker:
+    """The checker names each kind of forbidden decision (so that its silence means something)."""
+
+    def _history(self, *requests: Authorization, revocation: Revocation | None = None) -> History:
+        history = History(seed=0, setup=Setup(), lease=1.0)
+        history.authorizations = list(requests)
+        history.created_at = {"key": 0.0}
+        if revocation is not None:
+            history.revocations = [revocation]
+            history.revoked_at = {"key": revocation.called + 0.01}
+        return history
+
+    @staticmethod
+    def _allowed(arrived: float, secret: str = "right", key_id: str = "key") -> Authorization:
+        return Authorization(0, key_id, secret, arrived, arrived + 0.001, "allowed")
+
+    def test_a_request_after_revoke_returned(self) -> None:
+        revoked = Revocation(1, "key", called=1.0, returned=1.5, outcome="ok")
+        history = self._history(self._allowed(1.6), revocation=revoked)
+        assert [v[:3] for v in violations(history)] == ["I1:"]
+
+    def test_a_request_a_lease_after_the_commit(self) -> None:
+        unreturned = Revocation(1, "key", called=1.0)
+        history = self._history(self._allowed(2.02), revocation=unreturned)
+        assert [v[:3] for v in violations(history)] == ["I2:"]
+
+    def test_a_wrong_secret_or_a_key_never_created(self) -> None:
+        history = self._history(self._allowed(1.0, "wrong"), self._allowed(1.0, key_id="other"))
+        assert [v[:3] for v in violations(history)] == ["I3:", "I3:"]
+
+    def test_requests_before_the_revocation_returned_are_fine(self) -> None:
+        revoked = Revocation(1, "key", called=1.0, returned=1.5, outcome="ok")
+        history = self._history(self._allowed(0.5), self._allowed(1.4), revocation=revoked)
+        assert violations(history) == []
