@@ -12,12 +12,12 @@ from contextlib import asynccontextmanager
 import pytest
 import redis
 
-from keysvc.cache import KeyCache
-from keysvc.cache.codec import GrantCodec
-from keysvc.cache.memory import MemoryKeyCache
-from keysvc.cache.redis import RedisKeyCache
-from keysvc.errors import Unavailable
-from keysvc.model import KeyGrant, Mode
+from keysvc.adapters.cache.codec import GrantCodec
+from keysvc.adapters.cache.memory import MemoryKeyCache
+from keysvc.adapters.cache.redis import RedisKeyCache
+from keysvc.core.errors import Unavailable
+from keysvc.core.model import KeyGrant, Mode
+from keysvc.ports.cache import KeyCache
 from tests.services import SharedRedis, free_port
 from tests.unit.support import async_test
 
@@ -52,7 +52,7 @@ def open_cache(request: pytest.FixtureRequest) -> Iterator[Callable[[], AsyncIte
         if request.param == "memory":
             cache = MemoryKeyCache()
         else:
-            cache = RedisKeyCache(shared.url, CODEC, prefix=prefix)
+            cache = RedisKeyCache(shared.url, CODEC, namespace=prefix)
         try:
             yield cache
         finally:
@@ -94,7 +94,7 @@ class TestRedis:
     async def test_entries_expire_as_a_bound(self, shared_redis: SharedRedis, prefix: str) -> None:
         """Active and revoked grants both carry a TTL, the revoked ones the longer one."""
         cache = RedisKeyCache(
-            shared_redis.url, CODEC, prefix=prefix, ttl_seconds=60, revoked_ttl_seconds=600
+            shared_redis.url, CODEC, namespace=prefix, ttl_seconds=60, revoked_ttl_seconds=600
         )
         try:
             await cache.put(_grant("activeKey001"))
@@ -131,9 +131,9 @@ class TestRedis:
         client = redis.Redis.from_url(shared_redis.url)
         client.set(f"{prefix}grant:a1B2c3D4e5F6", value)
         client.close()
-        cache = RedisKeyCache(shared_redis.url, CODEC, prefix=prefix)
+        cache = RedisKeyCache(shared_redis.url, CODEC, namespace=prefix)
         try:
-            with caplog.at_level(logging.WARNING, logger="keysvc.cache.redis"):
+            with caplog.at_level(logging.WARNING, logger="keysvc.adapters.cache.redis"):
                 assert await cache.get("a1B2c3D4e5F6") is None
         finally:
             await cache.close()
@@ -148,9 +148,9 @@ class TestRedis:
         for n in range(20):
             client.set(f"{prefix}grant:forgedKey{n:03d}", b"2{}" + b"0" * 32)
         client.close()
-        cache = RedisKeyCache(shared_redis.url, CODEC, prefix=prefix)
+        cache = RedisKeyCache(shared_redis.url, CODEC, namespace=prefix)
         try:
-            with caplog.at_level(logging.WARNING, logger="keysvc.cache.redis"):
+            with caplog.at_level(logging.WARNING, logger="keysvc.adapters.cache.redis"):
                 for n in range(20):
                     assert await cache.get(f"forgedKey{n:03d}") is None
         finally:

@@ -3,7 +3,7 @@ and a verifier, all in the explorer's event loop, each step taking a random stre
 time and each failing when a fault says so.
 
 They implement the same ports as the real ones (keysvc.store.KeyStore, keysvc.cache.KeyCache,
-keysvc.workers.Workers, keysvc.hashing.Verifier), so that the real Authorizer, KeyService and
+keysvc.workers.Workers, keysvc.hashing.Verifier), so that the real Authorizer, KeyAdmin and
 ChangeLog run on them unchanged.
 """
 
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ParamSpec, TypeVar
 
-from keysvc.cache.codec import GrantCodec
-from keysvc.errors import Unavailable
-from keysvc.model import Actor, ApiKey, Change, ChangeKind, KeyGrant
-from keysvc.store import Revocation, StoredKey
+from keysvc.adapters.cache.codec import GrantCodec
+from keysvc.core.errors import Unavailable
+from keysvc.core.model import Actor, ApiKey, Change, ChangeKind, KeyGrant
+from keysvc.ports.store import Revocation, StoredKey
 
 P = ParamSpec("P")
 T = TypeVar("T")

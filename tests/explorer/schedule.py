@@ -14,16 +14,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from keysvc import keys
-from keysvc.authorizer import Authorizer
-from keysvc.cache import KeyCache
-from keysvc.cache.codec import GrantCodec
-from keysvc.cache.memory import MemoryKeyCache
-from keysvc.change_log import ChangeFollower, ChangeLog
-from keysvc.errors import KeysvcError
-from keysvc.last_used import LastUsedRecorder
-from keysvc.model import Actor, Mode
-from keysvc.service import KeyService
+from keysvc.adapters.cache.codec import GrantCodec
+from keysvc.adapters.cache.memory import MemoryKeyCache
+from keysvc.core import keys
+from keysvc.core.errors import KeysvcError
+from keysvc.core.model import Actor, Mode
+from keysvc.ports.cache import KeyCache
+from keysvc.usecases.admin import KeyAdmin
+from keysvc.usecases.authorize import Authorizer
+from keysvc.usecases.change_log import ChangeFollower, ChangeLog
+from keysvc.usecases.last_used import LastUsedRecorder
 from tests.explorer import loop as explorer_loop
 from tests.explorer.backends import (
     Delay,
@@ -114,7 +114,7 @@ class History:
 
 @dataclass
 class _Replica:
-    service: KeyService
+    service: KeyAdmin
     authorizer: Authorizer
     follower: ChangeFollower
 
@@ -157,7 +157,7 @@ class Simulation:
             created = await replicas[0].service.create_key(
                 ACCOUNT, f"key {n}", Mode.LIVE, ["links:read"], OPERATOR
             )
-            secrets[created.key.id] = created.secret
+            secrets[created.key.id] = created.raw_key
 
         clients_done = asyncio.Event()
         breaker = asyncio.ensure_future(
@@ -206,7 +206,7 @@ class Simulation:
         async def flush(uses: Mapping[str, datetime]) -> None:
             return None
 
-        service = KeyService(
+        service = KeyAdmin(
             store,  # type: ignore[arg-type]
             cache,
             verifier,  # type: ignore[arg-type]
@@ -266,7 +266,7 @@ class Simulation:
                         created = await replica.service.create_key(
                             ACCOUNT, "another", Mode.LIVE, ["links:read"], OPERATOR
                         )
-                        secrets[created.key.id] = created.secret
+                        secrets[created.key.id] = created.raw_key
             else:
                 await asyncio.sleep(rng.choice((0.1, 0.5, LEASE, 2 * LEASE)))
 
