@@ -2,9 +2,9 @@
 and a verifier, all in the explorer's event loop, each step taking a random stretch of virtual
 time and each failing when a fault says so.
 
-They implement the same ports as the real ones (keysvc.store.KeyStore, keysvc.cache.KeyCache,
-keysvc.workers.Workers, keysvc.hashing.Verifier), so that the real Authorizer, KeyAdmin and
-ChangeLog run on them unchanged.
+They implement the same ports as the real ones (keysvc.ports.store.KeyStore,
+keysvc.ports.cache.KeyCache, keysvc.ports.workers.Workers, keysvc.core.hashing.Verifier), so
+that the real Authorizer, KeyAdmin and ChangeLog run on them unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import ParamSpec, TypeVar
 
 from keysvc.adapters.cache.codec import GrantCodec
 from keysvc.core.errors import Unavailable
+from keysvc.core.hashing import Verifier
 from keysvc.core.model import Actor, ApiKey, Change, ChangeKind, KeyGrant
 from keysvc.ports.store import Revocation, StoredKey
 
@@ -215,7 +216,7 @@ class FakeWorkers:
         return None
 
 
-class FakeVerifier:
+class FakeVerifier(Verifier):
     """Stands in for argon2id (its cost is the FakeWorkers' hashing delay)."""
 
     def hash(self, raw_key: str) -> str:

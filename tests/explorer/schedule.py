@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -20,10 +20,8 @@ from keysvc.core import keys
 from keysvc.core.errors import KeysvcError
 from keysvc.core.model import Actor, Mode
 from keysvc.ports.cache import KeyCache
-from keysvc.usecases.admin import KeyAdmin
-from keysvc.usecases.authorize import Authorizer
-from keysvc.usecases.change_log import ChangeFollower, ChangeLog
-from keysvc.usecases.last_used import LastUsedRecorder
+from keysvc.runtime.build import Keysvc, Seams, assemble
+from keysvc.runtime.config import Settings
 from tests.explorer import loop as explorer_loop
 from tests.explorer.backends import (
     Delay,
@@ -36,6 +34,7 @@ from tests.explorer.backends import (
 )
 
 LEASE = 1.0
+SETTINGS = Settings(lease_seconds=LEASE)
 FAULTS = (
     "cache restarts empty",
     "cache restored from an older state",
@@ -112,13 +111,6 @@ class History:
     revoked_at: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class _Replica:
-    service: KeyAdmin
-    authorizer: Authorizer
-    follower: ChangeFollower
-
-
 class Simulation:
     def __init__(self, seed: int, setup: Setup) -> None:
         self.seed = seed
@@ -149,12 +141,11 @@ class Simulation:
             for n in range(self.setup.replicas)
         ]
         for replica in replicas:
-            await replica.follower.load()
-        following = [asyncio.ensure_future(r.follower.run()) for r in replicas]
+            await replica.start()
 
         secrets: dict[str, str] = {}
         for n in range(self.setup.keys):
-            created = await replicas[0].service.create_key(
+            created = await replicas[0].admin.create_key(
                 ACCOUNT, f"key {n}", Mode.LIVE, ["links:read"], OPERATOR
             )
             secrets[created.key.id] = created.raw_key
@@ -168,8 +159,10 @@ class Simulation:
         )
         clients_done.set()
         await breaker
-        for task in following:
-            task.cancel()
+        for replica in replicas:
+            # Its last flush of last-used times may meet a fault still in force.
+            with contextlib.suppress(KeysvcError):
+                await replica.stop()
         history.created_at = dict(store.created_at)
         history.revoked_at = dict(store.revoked_at)
         return history
@@ -184,16 +177,8 @@ class Simulation:
         delay: Delay,
         rng: random.Random,
         now: Callable[[], float],
-    ) -> _Replica:
-        workers = FakeWorkers(faults, number, delay, rng)
-        verifier = FakeVerifier()
-        change_log = ChangeLog(lease_seconds=LEASE, clock=now)
-        follower = ChangeFollower(
-            store,  # type: ignore[arg-type]
-            workers,  # type: ignore[arg-type]
-            change_log,
-            interval_seconds=LEASE / 5,
-        )
+    ) -> Keysvc:
+        """One replica, assembled as the server assembles it, over the fault-injecting parts."""
         cache: KeyCache
         if self.setup.shared_cache:
             cache = FakeCache(redis, codec, faults, number, delay)
@@ -203,33 +188,14 @@ class Simulation:
         def wall_clock() -> datetime:
             return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=now())
 
-        async def flush(uses: Mapping[str, datetime]) -> None:
-            return None
-
-        service = KeyAdmin(
-            store,  # type: ignore[arg-type]
-            cache,
-            verifier,  # type: ignore[arg-type]
-            workers,  # type: ignore[arg-type]
-            change_log,
-            clock=wall_clock,
-        )
-        authorizer = Authorizer(
-            store,  # type: ignore[arg-type]
-            cache,
-            verifier,  # type: ignore[arg-type]
-            workers,  # type: ignore[arg-type]
-            LastUsedRecorder(flush),
-            change_log,
-            clock=wall_clock,
-            monotonic=now,
-        )
-        return _Replica(service, authorizer, follower)
+        seams = Seams(clock=wall_clock, monotonic=now, lease_clock=now, verifier=FakeVerifier())
+        workers = FakeWorkers(faults, number, delay, rng)
+        return assemble(SETTINGS, store, cache, workers, seams)
 
     async def _client(
         self,
         rng: random.Random,
-        replicas: list[_Replica],
+        replicas: list[Keysvc],
         secrets: dict[str, str],
         history: History,
     ) -> None:
@@ -258,12 +224,12 @@ class Simulation:
                 revocation = Revocation(number, key_id, called=loop.time())
                 history.revocations.append(revocation)
                 await self._attempt(
-                    replica.service.revoke_key(ACCOUNT, key_id, OPERATOR), patience, revocation
+                    replica.admin.revoke_key(ACCOUNT, key_id, OPERATOR), patience, revocation
                 )
             elif roll < 0.95:
                 with contextlib.suppress(KeysvcError, TimeoutError):
                     async with asyncio.timeout(patience):
-                        created = await replica.service.create_key(
+                        created = await replica.admin.create_key(
                             ACCOUNT, "another", Mode.LIVE, ["links:read"], OPERATOR
                         )
                         secrets[created.key.id] = created.raw_key
