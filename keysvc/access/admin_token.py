@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 from pathlib import Path
 
+# The file's location and how it is read belong to the client package, whose CLI reads it.
+from keysvc_client.cli.admin_token import DEFAULT_DATA_DIR, FILE_NAME, AdminTokenError, read
+
+__all__ = ["DEFAULT_DATA_DIR", "FILE_NAME", "AdminTokenError", "ensure", "read"]
+
 TOKEN_PREFIX = "ksadm_"  # noqa: S105 (a label that makes leaked tokens recognisable)
-
-
-class AdminTokenError(Exception):
-    """The admin token file is missing, unreadable or too widely readable."""
-
-
-def read(path: Path) -> str:
-    try:
-        mode = path.stat().st_mode
-        token = path.read_text().strip()
-    except OSError as err:
-        raise AdminTokenError(f"cannot read admin token file {path}: {err.strerror}") from err
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise AdminTokenError(
-            f"admin token file {path} is readable by others: run 'chmod 600 {path}'"
-        )
-    if not token:
-        raise AdminTokenError(f"admin token file {path} is empty")
-    return token
 
 
 def ensure(path: Path) -> tuple[str, bool]:

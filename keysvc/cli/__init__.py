@@ -1,16 +1,21 @@
-"""The `keysvc` command: serve, migrate, and the admin commands that talk to a running server."""
+"""The server's commands of `keysvc`: serve, migrate, and callers new-token.
+
+The `keysvc` command itself is keysvc-client's, with the admin commands, which need no server
+code; these join it through this package's `keysvc.commands` entry point (add_commands).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from keysvc.cli import admin, callers
+from keysvc_client import cli as client_cli
+
+from keysvc.cli import callers
 from keysvc.core.errors import StartupError
 from keysvc.runtime import config
 
@@ -46,10 +51,8 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keysvc", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds serve, migrate and callers to the `keysvc` command's subcommands."""
     serve = commands.add_parser("serve", help="run the gRPC server")
     config.add_options(serve, config.SERVE_OPTIONS)
     serve.add_argument(
@@ -58,28 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="once listening, write the address (HOST:PORT) to this file, for process managers"
         " and tests that start keysvc on port 0",
     )
-    serve.set_defaults(run=_serve)
+    # A peer or a log reader going away must not kill the server.
+    serve.set_defaults(run=_serve, ignores_sigpipe=True)
 
     migrate = commands.add_parser("migrate", help="bring the database to the latest schema")
     config.add_options(migrate, config.MIGRATE_OPTIONS)
     migrate.set_defaults(run=_migrate)
 
-    admin.add_commands(commands)
     callers.add_commands(commands)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command != "serve":
-        # Output piped into `head` ends quietly, as other command-line tools do. Never for
-        # the server: a peer or a log reader going away must not kill it.
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    # These work locally; the others talk to a server and share its error handling.
-    if args.command in ("serve", "migrate", "callers"):
-        status: int = args.run(args)
-        return status
-    return admin.run(args.run, args)
+    """`python -m keysvc`: the `keysvc` command, with these commands even where this package's
+    entry point is not installed (a source tree on PYTHONPATH)."""
+    return client_cli.main(argv, commands=[add_commands])
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from keysvc.access.admin_token import DEFAULT_DATA_DIR
+from keysvc.access.admin_token import FILE_NAME as ADMIN_TOKEN_FILE
 from keysvc.core.hashing import Argon2Parameters
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_DATA_DIR = ".keysvc"
-ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 (a file name)
+
 DATABASE_FILE = "keysvc.db"
 
 
@@ -31,6 +32,9 @@ class Settings:
     redis_namespace: str = "keysvc:"
     redis_timeout_seconds: float = 0.25
     health_check_seconds: float = 1.0
+    # A second, plaintext listener on loopback serving only the health service (for a
+    # container's health check when the main listener needs TLS); None: none.
+    health_listen: str | None = None
     # None: only the admin token (generated, or $KEYSVC_ADMIN_TOKEN) may call.
     callers: Path | None = None
     tls_cert: Path | None = None
@@ -121,6 +125,11 @@ SERVE_OPTIONS = (
         "KEYSVC_HEALTH_CHECK_SECONDS",
         "time between database checks of the health service",
         float,
+    ),
+    _Option(
+        "--health-listen",
+        "KEYSVC_HEALTH_LISTEN",
+        "loopback HOST:PORT serving only the health service, in plaintext",
     ),
     _Option("--argon2-time-cost", "KEYSVC_ARGON2_TIME_COST", "argon2id passes", int),
     _Option("--argon2-memory-cost-kib", "KEYSVC_ARGON2_MEMORY_COST_KIB", "argon2id KiB", int),

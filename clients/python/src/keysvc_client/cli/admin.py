@@ -1,12 +1,13 @@
 """`keysvc keys ...`, `keysvc audit list`, `keysvc authorize`, `keysvc scopes`: commands over
-the generated client.
+the typed client.
 
-They talk to a running server, never to the database.
+They talk to a running server, never to its database, so they need nothing of the server package.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -17,18 +18,43 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from keysvc_client import KeyServiceClient, KeysvcError, keysvc_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from keysvc.access import admin_token
-from keysvc.runtime import config
+from keysvc_client._connection import Connection
+from keysvc_client._sync import KeyServiceClient
+from keysvc_client._tls import channel_security
+from keysvc_client.cli import admin_token
+from keysvc_client.errors import KeysvcError
+from keysvc_client.v1 import keysvc_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_DENIED = 1
 EXIT_FAILED = 2
 
 
+Command = Callable[[argparse.Namespace], int]
+
+
 class CommandError(Exception):
     """The command cannot run as asked; the message says why."""
+
+
+def _reported(command: Command) -> Command:
+    """`command` with its failures printed as one `keysvc: ...` line and exit status 2."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except CommandError as err:
+            print(f"keysvc: {err}", file=sys.stderr)
+        except KeysvcError as err:
+            print(f"keysvc: {err.code.name}: {err.details}", file=sys.stderr)
+        except ValueError as err:
+            print(f"keysvc: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+    return run
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +66,7 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("KEYSVC_DATA_DIR", config.DEFAULT_DATA_DIR)),
+        default=Path(os.environ.get("KEYSVC_DATA_DIR", admin_token.DEFAULT_DATA_DIR)),
         help="where the server keeps its generated admin-token file ($KEYSVC_DATA_DIR)",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
@@ -76,7 +102,7 @@ def _token(args: argparse.Namespace, *, required: bool) -> str | None:
         token = os.environ.get(variable)
         if token:
             return token
-    path = args.data_dir / config.ADMIN_TOKEN_FILE
+    path = args.data_dir / admin_token.FILE_NAME
     if not required and not os.path.exists(path):
         return None
     try:
@@ -88,20 +114,44 @@ def _token(args: argparse.Namespace, *, required: bool) -> str | None:
         ) from err
 
 
-def _client(args: argparse.Namespace, *, admin: bool = True) -> KeyServiceClient:
-    """A client of --target; `admin` commands fail here when there is no credential at all
-    (a client certificate may be one: then the server decides)."""
+def _connection(args: argparse.Namespace, *, admin: bool) -> Connection:
     files = (args.tls_ca, args.tls_cert, args.tls_key)
-    return KeyServiceClient(
+    return Connection(
         args.target,
-        admin_token=_token(args, required=admin and args.tls_cert is None),
-        timeout=args.timeout,
-        credentials=grpc.ssl_channel_credentials() if args.tls and files == (None,) * 3 else None,
+        token=_token(args, required=admin and args.tls_cert is None),
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_server_name=args.tls_server_name,
+        credentials=grpc.ssl_channel_credentials() if args.tls and files == (None,) * 3 else None,
     )
+
+
+def _client(args: argparse.Namespace, *, admin: bool = True) -> KeyServiceClient:
+    """A client of --target; `admin` commands fail here when there is no credential at all
+    (a client certificate may be one: then the server decides)."""
+    return KeyServiceClient(_connection(args, admin=admin), timeout=args.timeout)
+
+
+@_reported
+def _health(args: argparse.Namespace) -> int:
+    """The standard gRPC health service's answer: exit 0 when SERVING, 1 otherwise, 2 when the
+    server cannot be asked (a container's HEALTHCHECK, a load balancer's probe)."""
+    credentials, options = channel_security(_connection(args, admin=False))
+    if credentials is None:
+        channel = grpc.insecure_channel(args.target, options=options)
+    else:
+        channel = grpc.secure_channel(args.target, credentials, options=options)
+    with channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as err:
+            raise CommandError(f"cannot ask {args.target}: {err.code().name}") from err
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else EXIT_DENIED
 
 
 def _time(stamp: Timestamp, unset: str) -> str:
@@ -164,6 +214,7 @@ def _as_dict(message: Message) -> object:
     )
 
 
+@_reported
 def _create(args: argparse.Namespace) -> int:
     scopes = [s for value in args.scope for s in value.split(",") if s]
     with _client(args) as client:
@@ -182,6 +233,7 @@ def _create(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reported
 def _list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         keys = list(
@@ -205,18 +257,21 @@ def _show_key(key: keysvc_pb2.Key, as_json: bool) -> None:
         _print_table(KEY_COLUMNS, [_key_row(key)])
 
 
+@_reported
 def _get(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _show_key(client.get_key(args.account, args.id), args.json)
     return 0
 
 
+@_reported
 def _revoke(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _show_key(client.revoke_key(args.account, args.id), args.json)
     return 0
 
 
+@_reported
 def _authorize(args: argparse.Namespace) -> int:
     api_key = args.key if args.key is not None else sys.stdin.readline().strip()
     scopes = [s for value in args.scope for s in value.split(",") if s]
@@ -238,6 +293,7 @@ def _authorize(args: argparse.Namespace) -> int:
     return 0 if decision.allowed else EXIT_DENIED
 
 
+@_reported
 def _scopes(args: argparse.Namespace) -> int:
     with _client(args) as client:
         scopes = client.list_scopes()
@@ -256,6 +312,7 @@ def _audit_row(event: keysvc_pb2.AuditEvent) -> tuple[str, ...]:
     return (_time(event.occurred_at, "-"), action, event.key_id, event.actor, event.peer)
 
 
+@_reported
 def _audit_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         events = list(client.iter_audit_events(args.account, page_size=args.page_size))
@@ -319,18 +376,22 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     scopes = commands.add_parser("scopes", help="list the scopes keys can be granted")
     scopes.set_defaults(run=_scopes)
 
-    for parser in (create, listing, *key_commands.choices.values(), audit_list, authorize, scopes):
+    health = commands.add_parser(
+        "health", help="ask the gRPC health service whether keysvc serves (exit 0 if it does)"
+    )
+    health.add_argument(
+        "--service", default="", help="the service to ask about; empty: the whole server"
+    )
+    health.set_defaults(run=_health)
+
+    for parser in (
+        create,
+        listing,
+        *key_commands.choices.values(),
+        audit_list,
+        authorize,
+        scopes,
+        health,
+    ):
         if not any(a.dest == "target" for a in parser._actions):
             add_client_options(parser)
-
-
-def run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    try:
-        return command(args)
-    except CommandError as err:
-        print(f"keysvc: {err}", file=sys.stderr)
-    except KeysvcError as err:
-        print(f"keysvc: {err.code.name}: {err.details}", file=sys.stderr)
-    except ValueError as err:
-        print(f"keysvc: {err}", file=sys.stderr)
-    return EXIT_FAILED
