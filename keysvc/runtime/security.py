@@ -61,6 +61,16 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def check_health_listen(settings: Settings) -> None:
+    """The health listener is plaintext, so it stays on loopback, --insecure or not."""
+    if settings.health_listen is not None and not is_loopback(settings.health_listen):
+        raise StartupError(
+            f"--health-listen {settings.health_listen}: the health listener is plaintext and"
+            " only for checks from the same machine: give a loopback address, such as"
+            " 127.0.0.1:50052"
+        )
+
+
 def _expect_pem(data: bytes, label: bytes, flag: str, path: Path | None) -> None:
     # "-----BEGIN CERTIFICATE-----", "-----BEGIN EC PRIVATE KEY-----" and the like.
     if not re.search(rb"-----BEGIN [A-Z ]*" + label + rb"-----", data):

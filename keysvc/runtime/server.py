@@ -74,10 +74,27 @@ async def _watch_database(
             )
 
 
+def _health_server(
+    settings: Settings, health_servicer: health.aio.HealthServicer
+) -> grpc.aio.Server | None:
+    """The loopback listener of --health-listen: the health service alone, in plaintext."""
+    if settings.health_listen is None:
+        return None
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        server.add_insecure_port(settings.health_listen)
+    except RuntimeError as err:
+        raise StartupError(f"cannot listen on {settings.health_listen}: {err}") from err
+    log.info("health service also on %s (plaintext, loopback)", settings.health_listen)
+    return server
+
+
 @contextlib.asynccontextmanager
 async def running(settings: Settings, *, seams: Seams = PRODUCTION) -> AsyncIterator[Serving]:
     """Serves until the block exits, then shuts down gracefully; yields where it listens."""
     credentials = security.server_credentials(settings)
+    security.check_health_listen(settings)
     gate = security.gate(settings)
     async with built(settings, seams=seams) as keysvc:
         server = grpc.aio.server(
@@ -105,7 +122,10 @@ async def running(settings: Settings, *, seams: Seams = PRODUCTION) -> AsyncIter
             raise StartupError(f"cannot listen on {settings.listen}{hint}: {err}") from err
         host = settings.listen.rsplit(":", 1)[0]
         address = f"{host}:{port}"
+        health_server = _health_server(settings, health_servicer)
         await server.start()
+        if health_server is not None:
+            await health_server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         watch = asyncio.create_task(
@@ -122,6 +142,8 @@ async def running(settings: Settings, *, seams: Seams = PRODUCTION) -> AsyncIter
             watch.cancel()
             await health_servicer.enter_graceful_shutdown()
             await server.stop(settings.shutdown_grace_seconds)
+            if health_server is not None:
+                await health_server.stop(0)
     log.info("keysvc stopped")
 
 
