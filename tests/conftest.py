@@ -66,7 +66,7 @@ class Backend:
         if self.redis_url:
             client = redis.Redis.from_url(self.redis_url, decode_responses=True)
             for key in client.scan_iter(f"{self.redis_namespace}*"):
-                lines.append(f"{key} = {client.dump(key)!r} {client.get(key)}")
+                lines.append(f"{key!r} = {client.dump(key)!r} {client.get(key)!r}")
             client.close()
         return "\n".join(lines)
 

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 import redis
@@ -22,6 +22,7 @@ from tests.services import SharedRedis, free_port
 from tests.unit.support import async_test
 
 CODEC = GrantCodec(secrets.token_bytes(32))
+OpenCache = Callable[[], AbstractAsyncContextManager[KeyCache]]
 
 
 def _grant(
@@ -39,7 +40,7 @@ def _grant(
 
 
 @pytest.fixture(params=["memory", "redis"])
-def open_cache(request: pytest.FixtureRequest) -> Iterator[Callable[[], AsyncIterator[KeyCache]]]:
+def open_cache(request: pytest.FixtureRequest) -> Iterator[OpenCache]:
     """Opens a cache of the kind under test; Redis ones share a prefix of this test's own."""
     prefix = ""
     if request.param == "redis":
@@ -63,13 +64,13 @@ def open_cache(request: pytest.FixtureRequest) -> Iterator[Callable[[], AsyncIte
 
 class TestGetAndPut:
     @async_test
-    async def test_a_key_never_put_is_not_cached(self, open_cache) -> None:
+    async def test_a_key_never_put_is_not_cached(self, open_cache: OpenCache) -> None:
         """get() of a key nothing was put for is None."""
         async with open_cache() as cache:
             assert await cache.get("a1B2c3D4e5F6") is None
 
     @async_test
-    async def test_a_grant_comes_back_whole(self, open_cache) -> None:
+    async def test_a_grant_comes_back_whole(self, open_cache: OpenCache) -> None:
         """Every field of a grant, its seq and digest included, comes back as it was put."""
         async with open_cache() as cache:
             for grant in (_grant(), _grant("revokedKey01", revoked=True, digest=False)):
@@ -77,7 +78,7 @@ class TestGetAndPut:
                 assert await cache.get(grant.key_id) == grant
 
     @async_test
-    async def test_a_put_replaces_what_the_key_had(self, open_cache) -> None:
+    async def test_a_put_replaces_what_the_key_had(self, open_cache: OpenCache) -> None:
         """The latest put wins: which grant may decide is for the change log to say."""
         async with open_cache() as cache:
             await cache.put(_grant(revoked=True, seq=9))

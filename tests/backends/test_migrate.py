@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 import sqlalchemy as sa
 
+from keysvc.adapters.store import migrate
 from keysvc.adapters.store.sql import create_engine
-from keysvc.ports.store import migrate
 from tests.services import SharedPostgres, wait_for
 
 KEYSVC = Path(sys.executable).parent / "keysvc"

@@ -37,8 +37,11 @@ def production(request: pytest.FixtureRequest) -> Backend:
     return new_backend("postgres+redis", request)
 
 
+Replicas = tuple[ServerProcess, ServerProcess]
+
+
 @pytest.fixture
-def replicas(tmp_path: Path, production: Backend) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+def replicas(tmp_path: Path, production: Backend) -> Iterator[Replicas]:
     """Two keysvc servers on the same PostgreSQL database and the same Redis."""
     factory = ServerFactory(
         tmp_path, args=[*production.server_args, "--last-used-flush-seconds", "0.2"]
@@ -52,30 +55,32 @@ def replicas(tmp_path: Path, production: Backend) -> Iterator[tuple[ServerProces
 
 
 class TestTwoReplicas:
-    def test_a_key_created_on_one_replica_authorizes_on_the_other(self, replicas) -> None:
+    def test_a_key_created_on_one_replica_authorizes_on_the_other(self, replicas: Replicas) -> None:
         """A key created through replica A is allowed by replica B straight away."""
         a, b = replicas
         with a.client() as admin_a, b.client(admin=False) as public_b:
             created = admin_a.create_key("acct_replicas", "Backend", "live", SCOPES)
-            assert verdict(public_b.authorize(created.raw_key, SCOPES)) == (200, "REASON_ALLOWED")
+            assert verdict(public_b.authorize(created.secret, SCOPES)) == (200, "REASON_ALLOWED")
 
-    def test_revoke_through_one_replica_refuses_at_once_on_the_other(self, replicas) -> None:
+    def test_revoke_through_one_replica_refuses_at_once_on_the_other(
+        self, replicas: Replicas
+    ) -> None:
         """Revoked through A, the key is refused by B on the very next request: 401 REVOKED."""
         a, b = replicas
         with a.client() as admin_a, b.client(admin=False) as public_b:
             created = admin_a.create_key("acct_replicas", "Backend", "live", SCOPES)
-            assert public_b.authorize(created.raw_key).allowed  # now cached, hot on B
+            assert public_b.authorize(created.secret).allowed  # now cached, hot on B
             admin_a.revoke_key("acct_replicas", created.key.id)
-            assert verdict(public_b.authorize(created.raw_key)) == (401, "REASON_REVOKED")
+            assert verdict(public_b.authorize(created.secret)) == (401, "REASON_REVOKED")
 
-    def test_last_used_from_both_replicas_never_moves_backwards(self, replicas) -> None:
+    def test_last_used_from_both_replicas_never_moves_backwards(self, replicas: Replicas) -> None:
         """Both replicas flush last-used for one key; the stored time only ever grows."""
         a, b = replicas
         with a.client() as admin_a, a.client(admin=False) as pa, b.client(admin=False) as pb:
             created = admin_a.create_key("acct_replicas", "Backend", "live", SCOPES)
             seen: list[datetime] = []
             for public in (pa, pb, pa, pb):
-                assert public.authorize(created.raw_key).allowed
+                assert public.authorize(created.secret).allowed
 
                 def flushed(after: datetime | None = seen[-1] if seen else None) -> datetime | None:
                     stamp = when(admin_a.get_key("acct_replicas", created.key.id), "last_used_at")
@@ -112,7 +117,7 @@ async def _hammer_and_revoke(a: ServerProcess, b: ServerProcess, account: str) -
             left_after_revoke = 20
             while left_after_revoke:
                 sent = time.monotonic()
-                decision = await client.authorize(created.raw_key, SCOPES)
+                decision = await client.authorize(created.secret, SCOPES)
                 records.append((sent, decision.allowed))
                 if len(records) >= 200:
                     load_flowing.set()
@@ -139,7 +144,9 @@ async def _hammer_and_revoke(a: ServerProcess, b: ServerProcess, account: str) -
 
 class TestRevocationUnderLoad:
     @async_test
-    async def test_no_request_sent_after_revoke_returned_is_allowed(self, replicas) -> None:
+    async def test_no_request_sent_after_revoke_returned_is_allowed(
+        self, replicas: Replicas
+    ) -> None:
         """16 clients on two replicas: not one request sent after RevokeKey returned is allowed."""
         a, b = replicas
         for repetition in range(10):

@@ -22,7 +22,17 @@ from typing import ParamSpec, TypeVar
 from keysvc.adapters.cache.codec import GrantCodec
 from keysvc.core.errors import Unavailable
 from keysvc.core.hashing import Verifier
-from keysvc.core.model import Actor, ApiKey, Change, ChangeKind, KeyGrant
+from keysvc.core.model import (
+    Actor,
+    ApiKey,
+    AuditEvent,
+    Change,
+    ChangeKind,
+    Cursor,
+    KeyGrant,
+    KeyStatus,
+    Mode,
+)
 from keysvc.ports.store import Revocation, StoredKey
 
 P = ParamSpec("P")
@@ -76,6 +86,29 @@ class FakeStore:
         self.keys[key_id] = dataclasses.replace(stored, key=key)
         self.revoked_at[key_id] = self._time()
         return Revocation(key=key, seq=self._log(key_id, ChangeKind.REVOKED))
+
+    def get(self, account_id: str, key_id: str) -> ApiKey | None:
+        stored = self.keys.get(key_id)
+        return stored.key if stored and stored.key.account_id == account_id else None
+
+    def list(
+        self,
+        account_id: str,
+        *,
+        limit: int,
+        after: Cursor | None,
+        mode: Mode | None,
+        status: KeyStatus | None,
+    ) -> builtins.list[ApiKey]:
+        raise NotImplementedError("the explorer lists no keys")
+
+    def list_audit_events(
+        self, account_id: str, *, limit: int, after: Cursor | None
+    ) -> builtins.list[AuditEvent]:
+        raise NotImplementedError("the explorer reads no audit trail")
+
+    def ping(self) -> None:
+        return None
 
     def find(self, key_id: str) -> StoredKey | None:
         stored = self.keys.get(key_id)

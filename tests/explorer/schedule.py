@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -120,7 +121,9 @@ class Simulation:
         # Key ids and secrets too come from the seed, so that a schedule replays exactly.
         drawn = random.Random(self.seed)
         original = keys._random_base62
-        keys._random_base62 = lambda n: "".join(drawn.choice(keys.ALPHABET) for _ in range(n))
+        keys._random_base62 = lambda length: "".join(
+            drawn.choice(keys.ALPHABET) for _ in range(length)
+        )
         try:
             return explorer_loop.run(self.seed, self._main())
         finally:
@@ -309,10 +312,10 @@ class Simulation:
             elif fault == "replica cut off from the cache":
                 cut = rng.randrange(self.setup.replicas)
                 faults.cut_off_from_cache.add(cut)
-                for_a_while(fault, lambda cut=cut: faults.cut_off_from_cache.discard(cut))
+                for_a_while(fault, functools.partial(faults.cut_off_from_cache.discard, cut))
             else:
                 cut = rng.randrange(self.setup.replicas)
                 faults.cut_off_from_store.add(cut)
-                for_a_while(fault, lambda cut=cut: faults.cut_off_from_store.discard(cut))
+                for_a_while(fault, functools.partial(faults.cut_off_from_store.discard, cut))
         for task in mending:
             task.cancel()

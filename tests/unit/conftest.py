@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,9 +15,14 @@ from sqlalchemy.engine import Engine
 from keysvc.adapters.store import migrate
 from keysvc.adapters.store.sql import SqlKeyStore, create_engine
 from keysvc.adapters.workers import ThreadWorkers
+from keysvc.ports.cache import KeyCache
+from keysvc.ports.workers import Workers
 from keysvc.runtime import build
 from keysvc.runtime.config import Settings
+from keysvc.usecases.admin import KeyAdmin
 from keysvc.usecases.authorize import Authorizer
+from keysvc.usecases.change_log import ChangeLog
+from keysvc.usecases.last_used import LastUsedRecorder
 from tests.services import SharedPostgres
 
 from .support import CountingVerifier, FakeClock, FakeMonotonic
@@ -86,8 +90,7 @@ async def _async_noop(seconds: float) -> None:
 @dataclass
 class Keysvc:
     """One keysvc process: its graph as keysvc.runtime.build makes it, started, and what the
-    test controls of it. The graph's parts (admin, authorizer, store, cache, change_log, ...)
-    read as attributes of this."""
+    test controls of it."""
 
     graph: build.Keysvc
     engine: Engine
@@ -98,8 +101,34 @@ class Keysvc:
     delays: list[float]
     _stack: AsyncExitStack
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.graph, name)
+    @property
+    def admin(self) -> KeyAdmin:
+        return self.graph.admin
+
+    @property
+    def authorizer(self) -> Authorizer:
+        return self.graph.authorizer
+
+    @property
+    def store(self) -> SqlKeyStore:
+        assert isinstance(self.graph.store, SqlKeyStore)
+        return self.graph.store
+
+    @property
+    def cache(self) -> KeyCache:
+        return self.graph.cache
+
+    @property
+    def change_log(self) -> ChangeLog:
+        return self.graph.change_log
+
+    @property
+    def workers(self) -> Workers:
+        return self.graph.workers
+
+    @property
+    def recorder(self) -> LastUsedRecorder:
+        return self.graph.recorder
 
     async def replica(
         self,

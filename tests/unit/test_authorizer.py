@@ -457,8 +457,8 @@ def _counted(keysvc: Keysvc) -> tuple[Authorizer, Counting, Counting]:
     store = Counting(keysvc.store)
     cache = Counting(MemoryKeyCache(clock=keysvc.monotonic))
     authorizer = Authorizer(
-        store,  # type: ignore[arg-type]
-        cache,  # type: ignore[arg-type]
+        store,
+        cache,
         keysvc.verifier,
         keysvc.workers,
         keysvc.recorder,
