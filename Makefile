@@ -7,6 +7,11 @@ LISTEN ?= 127.0.0.1:50051
 
 .PHONY: install install-dev run migrate test lint typecheck proto proto-check clean bench example
 
+# The client package provides the `keysvc` command. Upgrading a virtualenv whose server
+# package still owned it, pip removes it with that package after the client wrote it: put
+# it back.
+KEEP_KEYSVC_COMMAND = test -x $(BIN)/keysvc || $(BIN)/pip install --quiet --force-reinstall --no-deps
+
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -14,10 +19,12 @@ $(BIN)/pip:
 # The server and its generated client, as the Docker image installs them.
 install: $(BIN)/pip
 	$(BIN)/pip install --quiet ./clients/python .
+	@$(KEEP_KEYSVC_COMMAND) ./clients/python
 
 # Editable installs plus the tools for tests, lint and code generation.
 install-dev: $(BIN)/pip
 	$(BIN)/pip install --quiet -e ./clients/python -e '.[dev]'
+	@$(KEEP_KEYSVC_COMMAND) -e ./clients/python
 
 run: install
 	$(BIN)/keysvc serve --listen $(LISTEN)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
-from keysvc import keys
-from keysvc.model import Mode
+from keysvc.core import keys
+from keysvc.core.model import Mode
 
 _PREFIX_LENGTH = keys.KEY_LENGTH - keys.BODY_LENGTH
 SECRET_START = _PREFIX_LENGTH + keys.KEY_ID_LENGTH

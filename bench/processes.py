@@ -97,6 +97,22 @@ class Child:
                 )
             time.sleep(0.02)
 
+    def wait_for_file(self, path: Path, timeout: float) -> str:
+        """The stripped contents of `path` once the child has written it; fails if the child
+        exits first."""
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if not self.running:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode}; log:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.name} not ready after {timeout}s; log:\n{self.log_tail()}"
+                )
+            time.sleep(0.02)
+        return path.read_text().strip()
+
     def stop(self, timeout: float = STOP_TIMEOUT, *, exiting_within: float = 0.0) -> int:
         """Stops the child and returns its exit code; `exiting_within` lets it end by itself."""
         if exiting_within > 0:

@@ -70,7 +70,6 @@ FLOOD_RATIO_TARGET = 0.7
 # is its own work, which a flood must not stretch.
 REVOKE_TARGET_MS = 1000 * 1.02 + 50
 
-_KEYSVC_LISTENING = re.compile(r"keysvc listening on (?P<address>\S+:\d+)\s*$", re.MULTILINE)
 _NOOP_LISTENING = re.compile(r"^listening on (?P<address>\S+:\d+)\s*$", re.MULTILINE)
 
 
@@ -125,14 +124,19 @@ class Bench:
             "--data-dir", str(self.workdir / name),
             "--database-url", self.database.url,
             "--redis-url", self.redis.url,
-            "--redis-prefix", prefix,
+            "--redis-namespace", prefix,
             "--shutdown-grace-seconds", "2",
+            "--address-file", str(self.workdir / f"{name}.address"),
         ]  # fmt: skip
         return self._child(name, argv, env)
 
     @staticmethod
     def address(child: Child, pattern: re.Pattern[str]) -> str:
         return child.wait_for_log(pattern, START_TIMEOUT)["address"]
+
+    def keysvc_address(self, child: Child) -> str:
+        """Where a keysvc child listens, from the file it writes once it does."""
+        return child.wait_for_file(self.workdir / f"{child.name}.address", START_TIMEOUT)
 
     def closed_loop(
         self, name: str, server: Child, target: str, keys: list[str], concurrency: int
@@ -330,7 +334,7 @@ class Bench:
         # A alone first: it brings the new database's schema up to date.
         replica_a = self.start_keysvc("keysvc-a", hot_prefix)
         noop_target = self.address(noop, _NOOP_LISTENING)
-        target_a = self.address(replica_a, _KEYSVC_LISTENING)
+        target_a = self.keysvc_address(replica_a)
         replica_b = self.start_keysvc("keysvc-b", hot_prefix)
         cold_server = self.start_keysvc("keysvc-cold", self.redis.prefix("cold"))
 
@@ -343,8 +347,8 @@ class Bench:
         never_used = self.create_keys(target_a, FIRST_USES_DURING_FLOOD, "first use in flood")
         # Out of the cache, so that their first Authorize reads the database and runs argon2.
         self.redis.forget(hot_prefix, [created.key.id for created in never_used])
-        target_b = self.address(replica_b, _KEYSVC_LISTENING)
-        cold_target = self.address(cold_server, _KEYSVC_LISTENING)
+        target_b = self.keysvc_address(replica_b)
+        cold_target = self.keysvc_address(cold_server)
 
         rows: dict[int, tuple[Load, Load]] = {}
         keysvc_32: ClosedLoopProcess | None = None

@@ -10,9 +10,11 @@ PYTHON=${PYTHON:-python3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/keysvc-smoke.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# Tracked and new files only: no .venv, no build/ or egg-info left over from an earlier build.
+# Tracked and new files only: no .venv, no build/ or egg-info left over from an earlier build;
+# and not a tracked file deleted in the working tree (its deletion is not committed yet).
 mkdir "$work/src" "$work/run"
 git ls-files -z --cached --others --exclude-standard \
+  | while IFS= read -r -d '' file; do [[ -e $file ]] && printf '%s\0' "$file"; done \
   | tar --null --files-from - --create --file - \
   | tar --extract --file - --directory "$work/src"
 

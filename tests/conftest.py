@@ -43,7 +43,7 @@ class Backend:
     name: str
     database_url: str | None = None
     redis_url: str | None = None
-    redis_prefix: str | None = None
+    redis_namespace: str | None = None
 
     def dump(self, data_dir: Path) -> str:
         """Everything the backend stores, as text: every SQL row, and every cache entry."""
@@ -65,8 +65,8 @@ class Backend:
                 lines += [f"{table}: {row}" for (row,) in rows]
         if self.redis_url:
             client = redis.Redis.from_url(self.redis_url, decode_responses=True)
-            for key in client.scan_iter(f"{self.redis_prefix}*"):
-                lines.append(f"{key} = {client.dump(key)!r} {client.get(key)}")
+            for key in client.scan_iter(f"{self.redis_namespace}*"):
+                lines.append(f"{key!r} = {client.dump(key)!r} {client.get(key)!r}")
             client.close()
         return "\n".join(lines)
 
@@ -76,7 +76,7 @@ class Backend:
         if self.database_url:
             args += ["--database-url", self.database_url]
         if self.redis_url:
-            args += ["--redis-url", self.redis_url, "--redis-prefix", self.redis_prefix or ""]
+            args += ["--redis-url", self.redis_url, "--redis-namespace", self.redis_namespace or ""]
         return args
 
 
@@ -99,5 +99,5 @@ def new_backend(name: str, request: pytest.FixtureRequest) -> Backend:
         name,
         database_url=database_url,
         redis_url=redis.url,
-        redis_prefix=f"{redis.prefix}{database_url.rsplit('_', 1)[-1]}:",
+        redis_namespace=f"{redis.prefix}{database_url.rsplit('_', 1)[-1]}:",
     )

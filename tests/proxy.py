@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tests.services import free_port
 
@@ -140,9 +140,8 @@ class TcpProxy:
 
     # -- from the test's thread --------------------------------------------------------------
 
-    def _run(self, coroutine: Callable[[], object]) -> None:
-        future = asyncio.run_coroutine_threadsafe(coroutine(), self._loop)  # type: ignore[arg-type]
-        future.result(timeout=10)
+    def _run(self, coroutine: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine(), self._loop).result(timeout=10)
 
     def _call(self, fn: Callable[[], T]) -> T:
         result: Future[T] = Future()

@@ -145,7 +145,9 @@ class PrivatePostgres(_Process):
     """
 
     def __init__(self) -> None:
-        self.initdb = _binary("initdb", *sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")))
+        self.initdb = _binary(
+            "initdb", *map(str, sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")))
+        )
         self.postgres = str(Path(self.initdb).with_name("postgres"))
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="keysvc-pg-"))
@@ -259,9 +261,11 @@ class SharedPostgres:
 
     def _execute(self, statement: str) -> None:
         import psycopg
+        from psycopg import sql
 
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(statement)  # type: ignore[arg-type]
+            # The statements are this module's own, naming its own databases.
+            conn.execute(sql.SQL(statement))
 
     def fresh_database(self) -> str:
         """The URL of another new, empty database, dropped with the others at the end."""

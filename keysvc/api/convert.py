@@ -7,8 +7,8 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 from keysvc_client.v1 import keysvc_pb2 as pb
 
-from keysvc.errors import InvalidArgument
-from keysvc.model import ApiKey, AuditAction, AuditEvent, Decision, KeyStatus, Mode, Reason
+from keysvc.core.errors import InvalidArgument
+from keysvc.core.model import ApiKey, AuditAction, AuditEvent, Decision, KeyStatus, Mode, Reason
 
 _MODES: dict[Mode, pb.Mode.ValueType] = {Mode.LIVE: pb.MODE_LIVE, Mode.TEST: pb.MODE_TEST}
 _MODES_FROM_PB = {value: mode for mode, value in _MODES.items()}

@@ -1,4 +1,4 @@
-"""KeyService over gRPC: unpacks requests, calls the use cases, packs responses."""
+"""keysvc.v1.KeyService over gRPC: unpacks requests, calls the use cases, packs responses."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import grpc
 from keysvc_client.v1 import keysvc_pb2 as pb
 from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 
-from keysvc import scopes
+from keysvc.access.callers import Caller
+from keysvc.access.gate import Gate
 from keysvc.api import convert
-from keysvc.api.credentials import Gate
 from keysvc.api.status import status_code
-from keysvc.authorizer import Authorizer
-from keysvc.callers import Caller
-from keysvc.errors import KeysvcError
-from keysvc.model import Actor
-from keysvc.service import KeyService
+from keysvc.core import scopes
+from keysvc.core.errors import KeysvcError
+from keysvc.core.model import Actor
+from keysvc.usecases.admin import KeyAdmin
+from keysvc.usecases.authorize import Authorizer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _rpc(handler: Handler[Request, Response]) -> Method[Request, Response]:
 
 
 class KeyServiceServicer(pb_grpc.KeyServiceServicer):
-    def __init__(self, service: KeyService, authorizer: Authorizer, gate: Gate) -> None:
+    def __init__(self, service: KeyAdmin, authorizer: Authorizer, gate: Gate) -> None:
         self._service = service
         self._authorizer = authorizer
         self._gate = gate
@@ -79,7 +79,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         created = await self._service.create_key(
             request.account_id, request.name, mode, request.scopes, call.actor
         )
-        return pb.CreateKeyResponse(key=convert.key_to_pb(created.key), secret=created.secret)
+        return pb.CreateKeyResponse(key=convert.key_to_pb(created.key), secret=created.raw_key)
 
     @_rpc
     async def GetKey(self, request: pb.GetKeyRequest, call: Call) -> pb.Key:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from keysvc import errors
+from keysvc.core import errors
 
 STATUS_CODES: dict[type[errors.KeysvcError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,

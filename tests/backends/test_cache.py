@@ -7,21 +7,22 @@ import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 import redis
 
-from keysvc.cache import KeyCache
-from keysvc.cache.codec import GrantCodec
-from keysvc.cache.memory import MemoryKeyCache
-from keysvc.cache.redis import RedisKeyCache
-from keysvc.errors import Unavailable
-from keysvc.model import KeyGrant, Mode
+from keysvc.adapters.cache.codec import GrantCodec
+from keysvc.adapters.cache.memory import MemoryKeyCache
+from keysvc.adapters.cache.redis import RedisKeyCache
+from keysvc.core.errors import Unavailable
+from keysvc.core.model import KeyGrant, Mode
+from keysvc.ports.cache import KeyCache
 from tests.services import SharedRedis, free_port
 from tests.unit.support import async_test
 
 CODEC = GrantCodec(secrets.token_bytes(32))
+OpenCache = Callable[[], AbstractAsyncContextManager[KeyCache]]
 
 
 def _grant(
@@ -39,7 +40,7 @@ def _grant(
 
 
 @pytest.fixture(params=["memory", "redis"])
-def open_cache(request: pytest.FixtureRequest) -> Iterator[Callable[[], AsyncIterator[KeyCache]]]:
+def open_cache(request: pytest.FixtureRequest) -> Iterator[OpenCache]:
     """Opens a cache of the kind under test; Redis ones share a prefix of this test's own."""
     prefix = ""
     if request.param == "redis":
@@ -52,7 +53,7 @@ def open_cache(request: pytest.FixtureRequest) -> Iterator[Callable[[], AsyncIte
         if request.param == "memory":
             cache = MemoryKeyCache()
         else:
-            cache = RedisKeyCache(shared.url, CODEC, prefix=prefix)
+            cache = RedisKeyCache(shared.url, CODEC, namespace=prefix)
         try:
             yield cache
         finally:
@@ -63,13 +64,13 @@ def open_cache(request: pytest.FixtureRequest) -> Iterator[Callable[[], AsyncIte
 
 class TestGetAndPut:
     @async_test
-    async def test_a_key_never_put_is_not_cached(self, open_cache) -> None:
+    async def test_a_key_never_put_is_not_cached(self, open_cache: OpenCache) -> None:
         """get() of a key nothing was put for is None."""
         async with open_cache() as cache:
             assert await cache.get("a1B2c3D4e5F6") is None
 
     @async_test
-    async def test_a_grant_comes_back_whole(self, open_cache) -> None:
+    async def test_a_grant_comes_back_whole(self, open_cache: OpenCache) -> None:
         """Every field of a grant, its seq and digest included, comes back as it was put."""
         async with open_cache() as cache:
             for grant in (_grant(), _grant("revokedKey01", revoked=True, digest=False)):
@@ -77,7 +78,7 @@ class TestGetAndPut:
                 assert await cache.get(grant.key_id) == grant
 
     @async_test
-    async def test_a_put_replaces_what_the_key_had(self, open_cache) -> None:
+    async def test_a_put_replaces_what_the_key_had(self, open_cache: OpenCache) -> None:
         """The latest put wins: which grant may decide is for the change log to say."""
         async with open_cache() as cache:
             await cache.put(_grant(revoked=True, seq=9))
@@ -94,7 +95,7 @@ class TestRedis:
     async def test_entries_expire_as_a_bound(self, shared_redis: SharedRedis, prefix: str) -> None:
         """Active and revoked grants both carry a TTL, the revoked ones the longer one."""
         cache = RedisKeyCache(
-            shared_redis.url, CODEC, prefix=prefix, ttl_seconds=60, revoked_ttl_seconds=600
+            shared_redis.url, CODEC, namespace=prefix, ttl_seconds=60, revoked_ttl_seconds=600
         )
         try:
             await cache.put(_grant("activeKey001"))
@@ -131,9 +132,9 @@ class TestRedis:
         client = redis.Redis.from_url(shared_redis.url)
         client.set(f"{prefix}grant:a1B2c3D4e5F6", value)
         client.close()
-        cache = RedisKeyCache(shared_redis.url, CODEC, prefix=prefix)
+        cache = RedisKeyCache(shared_redis.url, CODEC, namespace=prefix)
         try:
-            with caplog.at_level(logging.WARNING, logger="keysvc.cache.redis"):
+            with caplog.at_level(logging.WARNING, logger="keysvc.adapters.cache.redis"):
                 assert await cache.get("a1B2c3D4e5F6") is None
         finally:
             await cache.close()
@@ -148,9 +149,9 @@ class TestRedis:
         for n in range(20):
             client.set(f"{prefix}grant:forgedKey{n:03d}", b"2{}" + b"0" * 32)
         client.close()
-        cache = RedisKeyCache(shared_redis.url, CODEC, prefix=prefix)
+        cache = RedisKeyCache(shared_redis.url, CODEC, namespace=prefix)
         try:
-            with caplog.at_level(logging.WARNING, logger="keysvc.cache.redis"):
+            with caplog.at_level(logging.WARNING, logger="keysvc.adapters.cache.redis"):
                 for n in range(20):
                     assert await cache.get(f"forgedKey{n:03d}") is None
         finally:

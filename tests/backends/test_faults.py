@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 REDIS_PREFIX = "keysvc-faults:"
 # Short enough for a fault to show within a test, long enough for a loaded machine.
 SERVER_ARGS = (
-    "--redis-prefix", REDIS_PREFIX,
+    "--redis-namespace", REDIS_PREFIX,
     "--redis-timeout-seconds", "0.2",
     "--database-timeout-seconds", "1",
     "--health-check-seconds", "0.2",

@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 import sqlalchemy as sa
 
-from keysvc.store import migrate
-from keysvc.store.sql import create_engine
+from keysvc.adapters.store import migrate
+from keysvc.adapters.store.sql import create_engine
 from tests.services import SharedPostgres, wait_for
 
 KEYSVC = Path(sys.executable).parent / "keysvc"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from keysvc.cache.pipelined import PipelinedGet
+from keysvc.adapters.cache.pipelined import PipelinedGet
 from tests.services import PrivateRedis, free_port
 from tests.unit.support import async_test
 

@@ -19,17 +19,10 @@ import pytest
 import redis
 from keysvc_client import aio as keysvc_aio
 
-from keysvc.authorizer import Authorizer
-from keysvc.cache.codec import GrantCodec
-from keysvc.cache.redis import RedisKeyCache
-from keysvc.change_log import ChangeFollower, ChangeLog
-from keysvc.hashing import Verifier
-from keysvc.last_used import LastUsedRecorder
-from keysvc.model import Actor, KeyGrant, Mode, Reason
-from keysvc.service import KeyService
-from keysvc.store import migrate
-from keysvc.store.sql import SqlKeyStore, create_engine
-from keysvc.workers import Workers
+from keysvc.core.model import Actor, KeyGrant, Mode, Reason
+from keysvc.runtime.build import Keysvc, Seams, built
+from keysvc.runtime.config import Settings
+from keysvc.usecases.authorize import Authorizer
 from tests.conftest import Backend, new_backend
 from tests.e2e.harness import ServerFactory, ServerProcess, verdict, when
 from tests.services import PrivateRedis, SharedPostgres, wait_for
@@ -44,8 +37,11 @@ def production(request: pytest.FixtureRequest) -> Backend:
     return new_backend("postgres+redis", request)
 
 
+Replicas = tuple[ServerProcess, ServerProcess]
+
+
 @pytest.fixture
-def replicas(tmp_path: Path, production: Backend) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+def replicas(tmp_path: Path, production: Backend) -> Iterator[Replicas]:
     """Two keysvc servers on the same PostgreSQL database and the same Redis."""
     factory = ServerFactory(
         tmp_path, args=[*production.server_args, "--last-used-flush-seconds", "0.2"]
@@ -59,14 +55,16 @@ def replicas(tmp_path: Path, production: Backend) -> Iterator[tuple[ServerProces
 
 
 class TestTwoReplicas:
-    def test_a_key_created_on_one_replica_authorizes_on_the_other(self, replicas) -> None:
+    def test_a_key_created_on_one_replica_authorizes_on_the_other(self, replicas: Replicas) -> None:
         """A key created through replica A is allowed by replica B straight away."""
         a, b = replicas
         with a.client() as admin_a, b.client(admin=False) as public_b:
             created = admin_a.create_key("acct_replicas", "Backend", "live", SCOPES)
             assert verdict(public_b.authorize(created.secret, SCOPES)) == (200, "REASON_ALLOWED")
 
-    def test_revoke_through_one_replica_refuses_at_once_on_the_other(self, replicas) -> None:
+    def test_revoke_through_one_replica_refuses_at_once_on_the_other(
+        self, replicas: Replicas
+    ) -> None:
         """Revoked through A, the key is refused by B on the very next request: 401 REVOKED."""
         a, b = replicas
         with a.client() as admin_a, b.client(admin=False) as public_b:
@@ -75,7 +73,7 @@ class TestTwoReplicas:
             admin_a.revoke_key("acct_replicas", created.key.id)
             assert verdict(public_b.authorize(created.secret)) == (401, "REASON_REVOKED")
 
-    def test_last_used_from_both_replicas_never_moves_backwards(self, replicas) -> None:
+    def test_last_used_from_both_replicas_never_moves_backwards(self, replicas: Replicas) -> None:
         """Both replicas flush last-used for one key; the stored time only ever grows."""
         a, b = replicas
         with a.client() as admin_a, a.client(admin=False) as pa, b.client(admin=False) as pb:
@@ -146,7 +144,9 @@ async def _hammer_and_revoke(a: ServerProcess, b: ServerProcess, account: str) -
 
 class TestRevocationUnderLoad:
     @async_test
-    async def test_no_request_sent_after_revoke_returned_is_allowed(self, replicas) -> None:
+    async def test_no_request_sent_after_revoke_returned_is_allowed(
+        self, replicas: Replicas
+    ) -> None:
         """16 clients on two replicas: not one request sent after RevokeKey returned is allowed."""
         a, b = replicas
         for repetition in range(10):
@@ -170,47 +170,28 @@ class PausingAuthorizer(Authorizer):
             await self.release.wait()
 
 
-@dataclass
-class Replica:
-    service: KeyService
-    authorizer: PausingAuthorizer
-    cache: RedisKeyCache
-
-
 LEASE_SECONDS = 0.3
 
 
 @asynccontextmanager
-async def _replica(database_url: str, redis_url: str, prefix: str) -> AsyncIterator[Replica]:
-    """keysvc wired as keysvc.server wires it, on PostgreSQL and Redis, in this process."""
-    engine = create_engine(database_url)
-    migrate.upgrade(engine)
-    store = SqlKeyStore(engine)
-    workers = Workers()
-    change_log = ChangeLog(lease_seconds=LEASE_SECONDS)
-    follower = ChangeFollower(store, workers, change_log, interval_seconds=LEASE_SECONDS / 5)
-    await follower.load()
-    following = asyncio.create_task(follower.run())
-    cache = RedisKeyCache(
-        redis_url, GrantCodec(store.cache_mac_key()), prefix=prefix, timeout_seconds=0.5
+async def _replica(database_url: str, redis_url: str, namespace: str) -> AsyncIterator[Keysvc]:
+    """keysvc as the server builds it, on PostgreSQL and Redis, in this process; its
+    Authorizer pauses cold look-ups."""
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_namespace=namespace,
+        redis_timeout_seconds=0.5,
+        lease_seconds=LEASE_SECONDS,
+        argon2=FAST_ARGON2,
     )
-    verifier = Verifier(FAST_ARGON2)
+    async with built(settings, seams=Seams(authorizer_class=PausingAuthorizer)) as keysvc:
+        yield keysvc
 
-    async def flush(uses: object) -> None:
-        return None
 
-    recorder = LastUsedRecorder(flush)  # type: ignore[arg-type]
-    try:
-        yield Replica(
-            service=KeyService(store, cache, verifier, workers, change_log),
-            authorizer=PausingAuthorizer(store, cache, verifier, workers, recorder, change_log),
-            cache=cache,
-        )
-    finally:
-        following.cancel()
-        await cache.close()
-        workers.close()
-        engine.dispose()
+def _paused(replica: Keysvc) -> PausingAuthorizer:
+    assert isinstance(replica.authorizer, PausingAuthorizer)
+    return replica.authorizer
 
 
 @pytest.fixture
@@ -236,18 +217,18 @@ class TestColdLookUpRacingARevoke:
             _replica(url, private_redis.url, "keysvc:") as a,
             _replica(url, private_redis.url, "keysvc:") as b,
         ):
-            a.authorizer.paused.set()  # only B's look-up pauses
-            created = await a.service.create_key("acct_race", "Race", Mode.LIVE, SCOPES, OPERATOR)
+            _paused(a).paused.set()  # only B's look-up pauses
+            created = await a.admin.create_key("acct_race", "Race", Mode.LIVE, SCOPES, OPERATOR)
             _forget(private_redis.url, created.key.id)  # B's look-up must be cold
-            look_up = asyncio.create_task(b.authorizer.authorize(created.secret, SCOPES))
-            await within_deadline(b.authorizer.paused.wait())  # B has read the key: active
-            await a.service.revoke_key("acct_race", created.key.id, OPERATOR)
-            b.authorizer.release.set()
+            look_up = asyncio.create_task(b.authorizer.authorize(created.raw_key, SCOPES))
+            await within_deadline(_paused(b).paused.wait())  # B has read the key: active
+            await a.admin.revoke_key("acct_race", created.key.id, OPERATOR)
+            _paused(b).release.set()
             await within_deadline(look_up)
             cached = await b.cache.get(created.key.id)
             assert cached is not None and not cached.revoked  # the stale grant is in Redis
             for replica in (a, b):
-                decision = await replica.authorizer.authorize(created.secret)
+                decision = await replica.authorizer.authorize(created.raw_key)
                 assert decision.reason is Reason.REVOKED
 
     @async_test
@@ -260,19 +241,19 @@ class TestColdLookUpRacingARevoke:
             _replica(url, private_redis.url, "keysvc:") as a,
             _replica(url, private_redis.url, "keysvc:") as b,
         ):
-            a.authorizer.paused.set()  # only B's look-up pauses
-            created = await a.service.create_key("acct_race", "Race", Mode.LIVE, SCOPES, OPERATOR)
+            _paused(a).paused.set()  # only B's look-up pauses
+            created = await a.admin.create_key("acct_race", "Race", Mode.LIVE, SCOPES, OPERATOR)
             _forget(private_redis.url, created.key.id)
-            look_up = asyncio.create_task(b.authorizer.authorize(created.secret, SCOPES))
-            await within_deadline(b.authorizer.paused.wait())
-            await a.service.revoke_key("acct_race", created.key.id, OPERATOR)
+            look_up = asyncio.create_task(b.authorizer.authorize(created.raw_key, SCOPES))
+            await within_deadline(_paused(b).paused.wait())
+            await a.admin.revoke_key("acct_race", created.key.id, OPERATOR)
             # The restart loses the revocation marker (Redis keeps nothing on disk here).
             private_redis.kill()
             private_redis.start()
-            b.authorizer.release.set()
+            _paused(b).release.set()
             await within_deadline(look_up)
             for replica in (a, b):
-                decision = await replica.authorizer.authorize(created.secret)
+                decision = await replica.authorizer.authorize(created.raw_key)
                 assert decision.reason is Reason.REVOKED
 
 
@@ -296,16 +277,16 @@ class TestRevocationTheCacheMissed:
             _replica(url, private_redis.url, "keysvc:") as a,
             _replica(url, private_redis.url, "keysvc:") as b,
         ):
-            created = await a.service.create_key("acct_retry", "Retry", Mode.LIVE, SCOPES, OPERATOR)
-            b.authorizer.paused.set()  # no pause wanted in this test
-            assert (await b.authorizer.authorize(created.secret)).allowed  # cached: active
+            created = await a.admin.create_key("acct_retry", "Retry", Mode.LIVE, SCOPES, OPERATOR)
+            _paused(b).paused.set()  # no pause wanted in this test
+            assert (await b.authorizer.authorize(created.raw_key)).allowed  # cached: active
             stale = await b.cache.get(created.key.id)
             private_redis.pause()
             try:
-                await a.service.revoke_key("acct_retry", created.key.id, OPERATOR)
-                assert (await b.authorizer.authorize(created.secret)).reason is Reason.REVOKED
+                await a.admin.revoke_key("acct_retry", created.key.id, OPERATOR)
+                assert (await b.authorizer.authorize(created.raw_key)).reason is Reason.REVOKED
             finally:
                 private_redis.resume()
             assert stale is not None and not stale.revoked
             await b.cache.put(stale)  # as if the marker had been lost
-            assert (await b.authorizer.authorize(created.secret)).reason is Reason.REVOKED
+            assert (await b.authorizer.authorize(created.raw_key)).reason is Reason.REVOKED

@@ -47,7 +47,7 @@ pytestmark = pytest.mark.slow
 PREFIX = "keysvc-revocation:"
 LEASE = 0.3
 SERVER_ARGS = (
-    "--redis-prefix", PREFIX,
+    "--redis-namespace", PREFIX,
     "--redis-timeout-seconds", "0.2",
     "--lease-seconds", str(LEASE),
     "--health-check-seconds", "0.2",

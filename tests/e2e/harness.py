@@ -1,7 +1,8 @@
 """Runs real `keysvc serve` processes for the end-to-end tests.
 
-A server binds port 0, logs to a file, and counts as started once it has logged its
-address and answers health checks SERVING. Stopping is SIGTERM, and anything but exit
+A server binds port 0, logs to a file, writes the address it listens on to its address
+file (`keysvc serve --address-file`), and counts as started once it has, and answers health
+checks SERVING. Stopping is SIGTERM, and anything but exit
 code 0 is a failure: graceful shutdown is part of what the tests check.
 """
 
@@ -37,7 +38,6 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 COMMAND_TIMEOUT = 60.0
 
-_LISTENING = re.compile(r"keysvc listening on (?P<host>\S+):(?P<port>\d+)\s*$", re.MULTILINE)
 # Every keysvc key, as the scanner regex in keysvc/keys.py documents it.
 KEY_PATTERN = re.compile(r"\bck_(?:live|test)_[0-9A-Za-z]{50}\b")
 
@@ -137,12 +137,14 @@ class ServerProcess:
         *,
         data_dir: Path,
         log_path: Path,
+        address_path: Path,
         env: Mapping[str, str],
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.process = process
         self.data_dir = data_dir
         self.log_path = log_path
+        self.address_path = address_path
         self.env = dict(env)
         # TLS credentials of the harness's own channels (readiness, client(), channel()).
         self.credentials = credentials
@@ -256,10 +258,11 @@ class ServerProcess:
             ) from None
 
     def wait_until_ready(self) -> None:
-        match = poll(self._bound_address, timeout=START_TIMEOUT, what="the listening line")
+        address = poll(self._bound_address, timeout=START_TIMEOUT, what="the address file")
+        host, _, port = address.rpartition(":")
         # A server bound to every interface is reached over loopback only.
-        host = "127.0.0.1" if match["host"] in ("0.0.0.0", "[::]") else match["host"]
-        self.target = f"{host}:{match['port']}"
+        host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
+        self.target = f"{host}:{port}"
         poll(self._serving, timeout=START_TIMEOUT, what="health SERVING")
         token = self.env.get("KEYSVC_ADMIN_TOKEN")
         token_file = self.data_dir / "admin-token"
@@ -268,14 +271,15 @@ class ServerProcess:
             token = token_file.read_text().strip()
         self.admin_token = token or ""
 
-    def _bound_address(self) -> re.Match[str] | None:
-        match = _LISTENING.search(self.read_log())
-        if match is None and not self.running:
+    def _bound_address(self) -> str | None:
+        if self.address_path.exists():
+            return self.address_path.read_text().strip()
+        if not self.running:
             raise AssertionError(
                 f"keysvc exited with {self.process.returncode} before listening;"
                 f" log:\n{self.read_log()}"
             )
-        return match
+        return None
 
     def _serving(self) -> bool:
         try:
@@ -315,10 +319,11 @@ class ServerFactory:
         number = len(self._servers) + 1
         data_dir = data_dir or self._base / f"server-{number}" / "data"
         log_path = self._base / f"server-{number}.log"
+        address_path = self._base / f"server-{number}.address"
         environ = clean_environ({**self._env, **(env or {})})
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                serve_command(data_dir, *self._args, *args),
+                [*serve_command(data_dir, *self._args, *args), "--address-file", str(address_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -326,7 +331,12 @@ class ServerFactory:
                 cwd=self._base,
             )
         server = ServerProcess(
-            process, data_dir=data_dir, log_path=log_path, env=environ, credentials=credentials
+            process,
+            data_dir=data_dir,
+            log_path=log_path,
+            address_path=address_path,
+            env=environ,
+            credentials=credentials,
         )
         self._servers.append(server)
         server.wait_until_ready()

@@ -107,7 +107,9 @@ class TestListAuditEvents:
         for key in created[:2]:
             admin.revoke_key(account, key.key.id)
 
-        events, sizes, token = [], [], ""
+        events: list[keysvc_pb2.AuditEvent] = []
+        sizes: list[int] = []
+        token = ""
         while True:
             page = admin.list_audit_events(account, page_size=3, page_token=token)
             events += page.events

@@ -184,7 +184,7 @@ def traces(tmp_path_factory: pytest.TempPathFactory, module_backend: Backend) ->
     # The second run starts on a cold cache, as after a Redis restart, so that it verifies
     # (and rehashes) every key from the database.
     cold_cache = (
-        ["--redis-prefix", f"{module_backend.redis_prefix}second:"]
+        ["--redis-namespace", f"{module_backend.redis_namespace}second:"]
         if module_backend.redis_url
         else []
     )

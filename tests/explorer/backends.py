@@ -2,9 +2,9 @@
 and a verifier, all in the explorer's event loop, each step taking a random stretch of virtual
 time and each failing when a fault says so.
 
-They implement the same ports as the real ones (keysvc.store.KeyStore, keysvc.cache.KeyCache,
-keysvc.workers.Workers, keysvc.hashing.Verifier), so that the real Authorizer, KeyService and
-ChangeLog run on them unchanged.
+They implement the same ports as the real ones (keysvc.ports.store.KeyStore,
+keysvc.ports.cache.KeyCache, keysvc.ports.workers.Workers, keysvc.core.hashing.Verifier), so
+that the real Authorizer, KeyAdmin and ChangeLog run on them unchanged.
 """
 
 from __future__ import annotations
@@ -19,10 +19,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ParamSpec, TypeVar
 
-from keysvc.cache.codec import GrantCodec
-from keysvc.errors import Unavailable
-from keysvc.model import Actor, ApiKey, Change, ChangeKind, KeyGrant
-from keysvc.store import Revocation, StoredKey
+from keysvc.adapters.cache.codec import GrantCodec
+from keysvc.core.errors import Unavailable
+from keysvc.core.hashing import Verifier
+from keysvc.core.model import (
+    Actor,
+    ApiKey,
+    AuditEvent,
+    Change,
+    ChangeKind,
+    Cursor,
+    KeyGrant,
+    KeyStatus,
+    Mode,
+)
+from keysvc.ports.store import Revocation, StoredKey
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -75,6 +86,29 @@ class FakeStore:
         self.keys[key_id] = dataclasses.replace(stored, key=key)
         self.revoked_at[key_id] = self._time()
         return Revocation(key=key, seq=self._log(key_id, ChangeKind.REVOKED))
+
+    def get(self, account_id: str, key_id: str) -> ApiKey | None:
+        stored = self.keys.get(key_id)
+        return stored.key if stored and stored.key.account_id == account_id else None
+
+    def list(
+        self,
+        account_id: str,
+        *,
+        limit: int,
+        after: Cursor | None,
+        mode: Mode | None,
+        status: KeyStatus | None,
+    ) -> builtins.list[ApiKey]:
+        raise NotImplementedError("the explorer lists no keys")
+
+    def list_audit_events(
+        self, account_id: str, *, limit: int, after: Cursor | None
+    ) -> builtins.list[AuditEvent]:
+        raise NotImplementedError("the explorer reads no audit trail")
+
+    def ping(self) -> None:
+        return None
 
     def find(self, key_id: str) -> StoredKey | None:
         stored = self.keys.get(key_id)
@@ -215,7 +249,7 @@ class FakeWorkers:
         return None
 
 
-class FakeVerifier:
+class FakeVerifier(Verifier):
     """Stands in for argon2id (its cost is the FakeWorkers' hashing delay)."""
 
     def hash(self, raw_key: str) -> str:

@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from keysvc import keys
-from keysvc.authorizer import Authorizer
-from keysvc.cache import KeyCache
-from keysvc.cache.codec import GrantCodec
-from keysvc.cache.memory import MemoryKeyCache
-from keysvc.change_log import ChangeFollower, ChangeLog
-from keysvc.errors import KeysvcError
-from keysvc.last_used import LastUsedRecorder
-from keysvc.model import Actor, Mode
-from keysvc.service import KeyService
+from keysvc.adapters.cache.codec import GrantCodec
+from keysvc.adapters.cache.memory import MemoryKeyCache
+from keysvc.core import keys
+from keysvc.core.errors import KeysvcError
+from keysvc.core.model import Actor, Mode
+from keysvc.ports.cache import KeyCache
+from keysvc.runtime.build import Keysvc, Seams, assemble
+from keysvc.runtime.config import Settings
 from tests.explorer import loop as explorer_loop
 from tests.explorer.backends import (
     Delay,
@@ -36,6 +35,7 @@ from tests.explorer.backends import (
 )
 
 LEASE = 1.0
+SETTINGS = Settings(lease_seconds=LEASE)
 FAULTS = (
     "cache restarts empty",
     "cache restored from an older state",
@@ -112,13 +112,6 @@ class History:
     revoked_at: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class _Replica:
-    service: KeyService
-    authorizer: Authorizer
-    follower: ChangeFollower
-
-
 class Simulation:
     def __init__(self, seed: int, setup: Setup) -> None:
         self.seed = seed
@@ -128,7 +121,9 @@ class Simulation:
         # Key ids and secrets too come from the seed, so that a schedule replays exactly.
         drawn = random.Random(self.seed)
         original = keys._random_base62
-        keys._random_base62 = lambda n: "".join(drawn.choice(keys.ALPHABET) for _ in range(n))
+        keys._random_base62 = lambda length: "".join(
+            drawn.choice(keys.ALPHABET) for _ in range(length)
+        )
         try:
             return explorer_loop.run(self.seed, self._main())
         finally:
@@ -149,15 +144,14 @@ class Simulation:
             for n in range(self.setup.replicas)
         ]
         for replica in replicas:
-            await replica.follower.load()
-        following = [asyncio.ensure_future(r.follower.run()) for r in replicas]
+            await replica.start()
 
         secrets: dict[str, str] = {}
         for n in range(self.setup.keys):
-            created = await replicas[0].service.create_key(
+            created = await replicas[0].admin.create_key(
                 ACCOUNT, f"key {n}", Mode.LIVE, ["links:read"], OPERATOR
             )
-            secrets[created.key.id] = created.secret
+            secrets[created.key.id] = created.raw_key
 
         clients_done = asyncio.Event()
         breaker = asyncio.ensure_future(
@@ -168,8 +162,10 @@ class Simulation:
         )
         clients_done.set()
         await breaker
-        for task in following:
-            task.cancel()
+        for replica in replicas:
+            # Its last flush of last-used times may meet a fault still in force.
+            with contextlib.suppress(KeysvcError):
+                await replica.stop()
         history.created_at = dict(store.created_at)
         history.revoked_at = dict(store.revoked_at)
         return history
@@ -184,16 +180,8 @@ class Simulation:
         delay: Delay,
         rng: random.Random,
         now: Callable[[], float],
-    ) -> _Replica:
-        workers = FakeWorkers(faults, number, delay, rng)
-        verifier = FakeVerifier()
-        change_log = ChangeLog(lease_seconds=LEASE, clock=now)
-        follower = ChangeFollower(
-            store,  # type: ignore[arg-type]
-            workers,  # type: ignore[arg-type]
-            change_log,
-            interval_seconds=LEASE / 5,
-        )
+    ) -> Keysvc:
+        """One replica, assembled as the server assembles it, over the fault-injecting parts."""
         cache: KeyCache
         if self.setup.shared_cache:
             cache = FakeCache(redis, codec, faults, number, delay)
@@ -203,33 +191,14 @@ class Simulation:
         def wall_clock() -> datetime:
             return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=now())
 
-        async def flush(uses: Mapping[str, datetime]) -> None:
-            return None
-
-        service = KeyService(
-            store,  # type: ignore[arg-type]
-            cache,
-            verifier,  # type: ignore[arg-type]
-            workers,  # type: ignore[arg-type]
-            change_log,
-            clock=wall_clock,
-        )
-        authorizer = Authorizer(
-            store,  # type: ignore[arg-type]
-            cache,
-            verifier,  # type: ignore[arg-type]
-            workers,  # type: ignore[arg-type]
-            LastUsedRecorder(flush),
-            change_log,
-            clock=wall_clock,
-            monotonic=now,
-        )
-        return _Replica(service, authorizer, follower)
+        seams = Seams(clock=wall_clock, monotonic=now, lease_clock=now, verifier=FakeVerifier())
+        workers = FakeWorkers(faults, number, delay, rng)
+        return assemble(SETTINGS, store, cache, workers, seams)
 
     async def _client(
         self,
         rng: random.Random,
-        replicas: list[_Replica],
+        replicas: list[Keysvc],
         secrets: dict[str, str],
         history: History,
     ) -> None:
@@ -258,15 +227,15 @@ class Simulation:
                 revocation = Revocation(number, key_id, called=loop.time())
                 history.revocations.append(revocation)
                 await self._attempt(
-                    replica.service.revoke_key(ACCOUNT, key_id, OPERATOR), patience, revocation
+                    replica.admin.revoke_key(ACCOUNT, key_id, OPERATOR), patience, revocation
                 )
             elif roll < 0.95:
                 with contextlib.suppress(KeysvcError, TimeoutError):
                     async with asyncio.timeout(patience):
-                        created = await replica.service.create_key(
+                        created = await replica.admin.create_key(
                             ACCOUNT, "another", Mode.LIVE, ["links:read"], OPERATOR
                         )
-                        secrets[created.key.id] = created.secret
+                        secrets[created.key.id] = created.raw_key
             else:
                 await asyncio.sleep(rng.choice((0.1, 0.5, LEASE, 2 * LEASE)))
 
@@ -343,10 +312,10 @@ class Simulation:
             elif fault == "replica cut off from the cache":
                 cut = rng.randrange(self.setup.replicas)
                 faults.cut_off_from_cache.add(cut)
-                for_a_while(fault, lambda cut=cut: faults.cut_off_from_cache.discard(cut))
+                for_a_while(fault, functools.partial(faults.cut_off_from_cache.discard, cut))
             else:
                 cut = rng.randrange(self.setup.replicas)
                 faults.cut_off_from_store.add(cut)
-                for_a_while(fault, lambda cut=cut: faults.cut_off_from_store.discard(cut))
+                for_a_while(fault, functools.partial(faults.cut_off_from_store.discard, cut))
         for task in mending:
             task.cancel()

@@ -1,19 +1,68 @@
-"""Every schedule that ever broke an invariant, kept: each replays its seed on the real code.
+"""Every kind of schedule that ever broke an invariant, kept as a seed that replays it.
 
-Each was found by the explorer, against keysvc as it was at the time or against the code with
-one mechanism removed on purpose; the docstring says which, and what went wrong. Removing the
-mechanism again makes its test fail (docs/testing.md).
+Each was found by the explorer, against keysvc as it was at the time or against the code
+with one mechanism removed on purpose (tests.explorer.mutations). A seed names a schedule of
+the explorer as it is now: when the explorer or the code changes, the schedule a seed draws
+changes too. So each seed is checked both ways, on every run: it holds on the real code, and
+it still breaks an invariant with its mechanism removed. When the second check fails, the
+seed has gone stale: `python -m tests.explorer.mutations NAME` finds the seeds that catch the
+mechanism now.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from tests.explorer.checker import describe, violations
+from tests.explorer.mutations import MUTATIONS
 from tests.explorer.schedule import Setup, Simulation
+
+
+@dataclass(frozen=True)
+class Regression:
+    seed: int
+    mutation: str
+    story: str
+
+
+REGRESSIONS = [
+    Regression(
+        4,
+        "cursor_skips",
+        "Found in keysvc itself while the change log was being built (seeds 14 and 39 of the"
+        " explorer then): a replica that created a key moved its read cursor to that key's"
+        " change, past a revocation made through another replica a moment before, which it"
+        " then never read; a Redis restored from an older state brought the revoked key's"
+        " active grant back, and the replica allowed it after RevokeKey returned.",
+    ),
+    Regression(
+        4,
+        "no_wait",
+        "RevokeKey returning before the lease ran out: a replica whose change log had not been"
+        " read since the commit served the key's cached grant to a request sent afterwards.",
+    ),
+    Regression(
+        13,
+        "no_lease",
+        "A cached grant trusted past the lease: a replica cut off from the store kept serving"
+        " a grant from its cache long after the key was revoked.",
+    ),
+    Regression(
+        0,
+        "no_change_check",
+        "A grant read before the key's revocation deciding requests after it.",
+    ),
+    Regression(
+        240,
+        "shared_old_reads",
+        "Under a slow store, a request sent after RevokeKey returned joined a store read begun"
+        " before the revocation committed, and was allowed on what that read found.",
+    ),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -23,42 +72,25 @@ def quiet() -> Iterator[None]:
     logging.disable(logging.NOTSET)
 
 
-def _holds(seed: int, setup: Setup) -> None:
-    history = Simulation(seed, setup).run()
-    found = violations(history)
-    assert not found, "\n".join([*found, "", describe(history)])
+def _run(seed: int) -> list[str]:
+    return violations(Simulation(seed, Setup.drawn(seed)).run())
 
 
+@pytest.mark.parametrize("regression", REGRESSIONS, ids=lambda r: f"{r.mutation}-seed-{r.seed}")
 class TestSchedulesThatBrokeRevocation:
-    def test_seed_14_a_replicas_own_change_skipped_a_revocation_made_elsewhere(self) -> None:
-        """Found in keysvc itself while the change log was being built: a replica that created
-        a key moved its read cursor to that key's change, past a revocation made through
-        another replica a moment before, which it then never read; a Redis restored from an
-        older state brought the revoked key's active grant back, and the replica allowed it a
-        second after RevokeKey returned."""
-        _holds(14, Setup())
+    def test_holds_on_the_real_code(self, regression: Regression) -> None:
+        """The schedule breaks no invariant on keysvc as it is."""
+        history = Simulation(regression.seed, Setup.drawn(regression.seed)).run()
+        found = violations(history)
+        assert not found, "\n".join([regression.story, *found, "", describe(history)])
 
-    def test_seed_39_the_same_skip_on_another_replica(self) -> None:
-        """The same fault as seed 14, seen from the replica that created the newer key."""
-        _holds(39, Setup())
-
-    def test_seed_4_revoke_key_returning_before_the_lease_ran_out(self) -> None:
-        """With RevokeKey's wait removed: a replica whose change log had not been read since the
-        commit served the key's cached grant to a request sent after RevokeKey returned."""
-        _holds(4, Setup.drawn(4))
-
-    def test_seed_44_a_cached_grant_trusted_past_the_lease(self) -> None:
-        """With the lease check removed from ChangeLog.current: a replica cut off from the
-        store kept serving a grant from its cache long after the key was revoked."""
-        _holds(44, Setup.drawn(44))
-
-    def test_seed_2_a_grant_older_than_the_keys_revocation(self) -> None:
-        """With the change check removed from ChangeLog.current: a grant read before the
-        revocation decided requests after it."""
-        _holds(2, Setup.drawn(2))
-
-    def test_seed_1209_a_request_joining_a_read_that_began_before_it_arrived(self) -> None:
-        """With reads shared among all requests for a key, whenever they arrived: under a slow
-        store, a request sent after RevokeKey returned joined a read begun before the
-        revocation committed and was allowed on what that read found."""
-        _holds(1209, Setup.drawn(1209))
+    def test_still_catches_its_mechanism_removed(
+        self, regression: Regression, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With the mechanism removed, the same seed still breaks an invariant: the seed
+        still draws the schedule it was kept for."""
+        MUTATIONS[regression.mutation](monkeypatch)
+        assert _run(regression.seed), (
+            f"seed {regression.seed} no longer catches {regression.mutation}: find a new one"
+            f" with `python -m tests.explorer.mutations {regression.mutation}`"
+        )

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from starlette.routing import Mount, Route
 
-from keysvc.scopes import CATALOGUE
+from keysvc.core.scopes import CATALOGUE
 from tests.e2e.harness import ServerProcess
 
 from . import sample_apps, servers

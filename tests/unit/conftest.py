@@ -1,25 +1,28 @@
-"""Fixtures: a migrated SQLite file per test, and keysvc wired as keysvc.server wires it."""
+"""Fixtures: a migrated database per test, and keysvc built on it as the server builds it
+(keysvc.runtime.build), with clocks, argon2 and the throttle's sleep the tests control."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from keysvc.authorizer import Authorizer
-from keysvc.cache.memory import MemoryKeyCache
-from keysvc.change_log import ChangeFollower, ChangeLog
-from keysvc.last_used import LastUsedRecorder
-from keysvc.service import KeyService
-from keysvc.store import migrate
-from keysvc.store.sql import SqlKeyStore, create_engine
-from keysvc.workers import Workers
+from keysvc.adapters.store import migrate
+from keysvc.adapters.store.sql import SqlKeyStore, create_engine
+from keysvc.adapters.workers import ThreadWorkers
+from keysvc.ports.cache import KeyCache
+from keysvc.ports.workers import Workers
+from keysvc.runtime import build
+from keysvc.runtime.config import Settings
+from keysvc.usecases.admin import KeyAdmin
+from keysvc.usecases.authorize import Authorizer
+from keysvc.usecases.change_log import ChangeLog
+from keysvc.usecases.last_used import LastUsedRecorder
 from tests.services import SharedPostgres
 
 from .support import CountingVerifier, FakeClock, FakeMonotonic
@@ -65,8 +68,8 @@ def store(engine: Engine) -> SqlKeyStore:
 
 
 @pytest.fixture
-def workers() -> Iterator[Workers]:
-    workers = Workers(db_threads=4, hashing_threads=4)
+def workers() -> Iterator[ThreadWorkers]:
+    workers = ThreadWorkers(db_threads=4, hashing_threads=4)
     yield workers
     workers.close()
 
@@ -77,122 +80,111 @@ def clock() -> FakeClock:
 
 
 # Short, so that RevokeKey's wait costs the tests little; the follower reads five times in it.
-LEASE_SECONDS = 0.05
+SETTINGS = Settings(lease_seconds=0.05)
+
+
+async def _async_noop(seconds: float) -> None:
+    return None
 
 
 @dataclass
 class Keysvc:
-    """One keysvc process: the use cases and Authorize over a store, sharing one cache and
-    one view of the change log. The follower starts in the event loop that first uses them."""
+    """One keysvc process: its graph as keysvc.runtime.build makes it, started, and what the
+    test controls of it."""
 
-    store: SqlKeyStore
-    workers: Workers
+    graph: build.Keysvc
+    engine: Engine
     clock: FakeClock
     monotonic: FakeMonotonic
     verifier: CountingVerifier
-    cache: MemoryKeyCache
-    recorder: LastUsedRecorder
-    change_log: ChangeLog
-    follower: ChangeFollower
-    _service: KeyService
-    _authorizer: Authorizer
     # How long each refusal the throttle slowed down was made to wait (no real waiting).
     delays: list[float]
-    _following: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = field(default_factory=dict)
+    _stack: AsyncExitStack
 
     @property
-    def service(self) -> KeyService:
-        self.follow()
-        return self._service
+    def admin(self) -> KeyAdmin:
+        return self.graph.admin
 
     @property
     def authorizer(self) -> Authorizer:
-        self.follow()
-        return self._authorizer
+        return self.graph.authorizer
 
-    def follow(self) -> None:
-        """Starts following the change log in the running event loop, once per loop (outside
-        one, nothing can use the log)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        if loop not in self._following:
+    @property
+    def store(self) -> SqlKeyStore:
+        assert isinstance(self.graph.store, SqlKeyStore)
+        return self.graph.store
 
-            async def follow() -> None:
-                await self.follower.load()
-                await self.follower.run()
+    @property
+    def cache(self) -> KeyCache:
+        return self.graph.cache
 
-            self._following[loop] = loop.create_task(follow())
+    @property
+    def change_log(self) -> ChangeLog:
+        return self.graph.change_log
 
-    @classmethod
-    def wire(
-        cls,
-        store: SqlKeyStore,
-        workers: Workers,
-        clock: FakeClock,
-        *,
-        verifier: CountingVerifier | None = None,
-        authorizer_class: type[Authorizer] = Authorizer,
-    ) -> Keysvc:
-        verifier = verifier or CountingVerifier()
-        monotonic = FakeMonotonic()
-        cache = MemoryKeyCache(clock=monotonic)
-        change_log = ChangeLog(lease_seconds=LEASE_SECONDS)
-        follower = ChangeFollower(
-            store, workers, change_log, interval_seconds=LEASE_SECONDS / 5, min_gap_seconds=0
-        )
+    @property
+    def workers(self) -> Workers:
+        return self.graph.workers
 
-        async def flush(uses: Mapping[str, datetime]) -> None:
-            await workers.db(store.record_last_used, uses)
+    @property
+    def recorder(self) -> LastUsedRecorder:
+        return self.graph.recorder
 
-        recorder = LastUsedRecorder(flush)
-        delays: list[float] = []
-
-        async def record_delay(seconds: float) -> None:
-            delays.append(seconds)
-
-        return cls(
-            store=store,
-            workers=workers,
-            clock=clock,
-            monotonic=monotonic,
-            verifier=verifier,
-            cache=cache,
-            recorder=recorder,
-            change_log=change_log,
-            follower=follower,
-            _service=KeyService(store, cache, verifier, workers, change_log, clock=clock),
-            _authorizer=authorizer_class(
-                store,
-                cache,
-                verifier,
-                workers,
-                recorder,
-                change_log,
-                clock=clock,
-                monotonic=monotonic,
-                sleep=record_delay,
-            ),
-            delays=delays,
-        )
-
-    def replica(
+    async def replica(
         self,
         *,
         verifier: CountingVerifier | None = None,
         authorizer_class: type[Authorizer] = Authorizer,
     ) -> Keysvc:
         """Another keysvc process on the same database: cold cache, fresh verification count."""
-        return Keysvc.wire(
-            self.store,
-            self.workers,
+        return await start(
+            self._stack,
+            self.engine,
             self.clock,
             verifier=verifier,
             authorizer_class=authorizer_class,
         )
 
 
+async def start(
+    stack: AsyncExitStack,
+    engine: Engine,
+    clock: FakeClock,
+    *,
+    verifier: CountingVerifier | None = None,
+    authorizer_class: type[Authorizer] = Authorizer,
+) -> Keysvc:
+    """keysvc built on `engine`, running until `stack` closes."""
+    verifier = verifier or CountingVerifier()
+    monotonic = FakeMonotonic()
+    delays: list[float] = []
+
+    async def record_delay(seconds: float) -> None:
+        delays.append(seconds)
+
+    seams = build.Seams(
+        clock=clock,
+        monotonic=monotonic,
+        sleep=record_delay,
+        verifier=verifier,
+        authorizer_class=authorizer_class,
+    )
+    graph = await stack.enter_async_context(build.built(SETTINGS, engine=engine, seams=seams))
+    return Keysvc(graph, engine, clock, monotonic, verifier, delays, stack)
+
+
+@dataclass
+class KeysvcFixture:
+    """What the `keysvc` fixture hands @async_test, which starts keysvc in the test's event
+    loop (support.AsyncFixture) and passes the test the running Keysvc."""
+
+    engine: Engine
+    clock: FakeClock
+
+    async def enter(self, stack: AsyncExitStack) -> Keysvc:
+        return await start(stack, self.engine, self.clock)
+
+
 @pytest.fixture
-def keysvc(store: SqlKeyStore, workers: Workers, clock: FakeClock) -> Keysvc:
-    return Keysvc.wire(store, workers, clock)
+def keysvc(engine: Engine, clock: FakeClock) -> KeysvcFixture:
+    return KeysvcFixture(engine, clock)

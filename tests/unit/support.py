@@ -7,11 +7,12 @@ import functools
 import threading
 import zlib
 from collections.abc import Callable, Coroutine
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from keysvc import keys
-from keysvc.hashing import Argon2Parameters, Verifier
+from keysvc.core import keys
+from keysvc.core.hashing import Argon2Parameters, Verifier
 
 T = TypeVar("T")
 
@@ -22,12 +23,28 @@ FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_cost_kib=1024, parallelism=1)
 DEADLINE_SECONDS = 10.0
 
 
+@runtime_checkable
+class AsyncFixture(Protocol):
+    """A fixture whose value must be made inside the test's event loop: @async_test enters it
+    there and passes the test what it returns, and closes it when the test ends."""
+
+    async def enter(self, stack: AsyncExitStack) -> Any: ...
+
+
 def async_test(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
-    """Runs an `async def` test on a fresh event loop (no pytest-asyncio here)."""
+    """Runs an `async def` test on a fresh event loop (no pytest-asyncio here), entering its
+    AsyncFixture arguments in that loop first."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> T:
-        return asyncio.run(fn(*args, **kwargs))
+        async def main() -> T:
+            async with AsyncExitStack() as stack:
+                for name, value in list(kwargs.items()):
+                    if isinstance(value, AsyncFixture):
+                        kwargs[name] = await value.enter(stack)
+                return await fn(*args, **kwargs)
+
+        return asyncio.run(main())
 
     return run
 

@@ -1,4 +1,4 @@
-"""Authorize, wired to KeyService over one SQLite store and cache as keysvc.server wires them."""
+"""Authorize, wired to KeyAdmin over one SQLite store and cache as keysvc.server wires them."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keysvc import keys
-from keysvc.authorizer import Authorizer
-from keysvc.cache.memory import MemoryKeyCache
-from keysvc.errors import InvalidArgument
-from keysvc.hashing import Argon2Parameters
-from keysvc.model import Actor, CreatedKey, Decision, KeyGrant, Mode, Reason
+from keysvc.adapters.cache.memory import MemoryKeyCache
+from keysvc.core import keys
+from keysvc.core.errors import InvalidArgument
+from keysvc.core.hashing import Argon2Parameters
+from keysvc.core.model import Actor, CreatedKey, Decision, KeyGrant, Mode, Reason
+from keysvc.usecases.authorize import Authorizer
 
-from .conftest import Keysvc
+from .conftest import Keysvc, KeysvcFixture
 from .support import (
     CountingVerifier,
     async_test,
@@ -40,7 +41,7 @@ async def _create(
     mode: Mode = Mode.LIVE,
     scopes: tuple[str, ...] = LINKS,
 ) -> CreatedKey:
-    created = await keysvc.service.create_key(account_id, "Production server", mode, scopes, ADMIN)
+    created = await keysvc.admin.create_key(account_id, "Production server", mode, scopes, ADMIN)
     keysvc.clock.advance(1)
     return created
 
@@ -68,7 +69,7 @@ class TestAllowed:
     async def test_a_valid_key_is_allowed_with_its_fields(self, keysvc: Keysvc) -> None:
         """A valid key with the required scopes is allowed (200), and the decision names the key."""
         created = await _create(keysvc)
-        decision = await keysvc.authorizer.authorize(created.secret, ["links:read"])
+        decision = await keysvc.authorizer.authorize(created.raw_key, ["links:read"])
         assert decision.reason is Reason.ALLOWED
         assert decision.allowed is True
         assert decision.http_status == 200
@@ -88,7 +89,7 @@ class TestAllowed:
     ) -> None:
         """The raw key and the whole 'Bearer <key>' header value both authorize."""
         created = await _create(keysvc)
-        decision = await keysvc.authorizer.authorize(template.format(key=created.secret))
+        decision = await keysvc.authorizer.authorize(template.format(key=created.raw_key))
         assert decision.reason is Reason.ALLOWED
 
     @async_test
@@ -96,14 +97,14 @@ class TestAllowed:
         """With nothing required, any valid key of either mode is allowed."""
         for mode in Mode:
             created = await _create(keysvc, mode=mode, scopes=("events:read",))
-            assert (await keysvc.authorizer.authorize(created.secret)).reason is Reason.ALLOWED
+            assert (await keysvc.authorizer.authorize(created.raw_key)).reason is Reason.ALLOWED
 
     @async_test
     async def test_works_on_a_cold_cache(self, keysvc: Keysvc) -> None:
         """A replica that never saw the key verifies it from the store and allows it."""
         created = await _create(keysvc)
-        replica = keysvc.replica()
-        decision = await replica.authorizer.authorize(created.secret, ["links:write"])
+        replica = await keysvc.replica()
+        decision = await replica.authorizer.authorize(created.raw_key, ["links:write"])
         assert decision.reason is Reason.ALLOWED
         assert decision.grant is not None and decision.grant.key_id == created.key.id
 
@@ -133,7 +134,7 @@ class TestUnauthenticated:
     async def test_a_mistyped_key_is_malformed(self, keysvc: Keysvc) -> None:
         """A real key with one character changed fails its checksum: MALFORMED, not NOT_FOUND."""
         created = await _create(keysvc)
-        raw = created.secret
+        raw = created.raw_key
         typo = raw[:30] + ("A" if raw[30] != "A" else "B") + raw[31:]
         assert (await keysvc.authorizer.authorize(typo)).reason is Reason.MALFORMED
 
@@ -151,7 +152,7 @@ class TestUnauthenticated:
         created = await _create(keysvc)
         forged = _wrong_secret(created)
         hot = await keysvc.authorizer.authorize(forged)
-        cold = await keysvc.replica().authorizer.authorize(forged)
+        cold = await (await keysvc.replica()).authorizer.authorize(forged)
         assert (hot.reason, hot.http_status, hot.grant) == (Reason.NOT_FOUND, 401, None)
         assert (cold.reason, cold.http_status, cold.grant) == (Reason.NOT_FOUND, 401, None)
 
@@ -159,20 +160,22 @@ class TestUnauthenticated:
     async def test_the_real_key_still_works_after_a_wrong_secret(self, keysvc: Keysvc) -> None:
         """Someone guessing secrets for a key id does not lock its owner out."""
         created = await _create(keysvc)
-        replica = keysvc.replica()
+        replica = await keysvc.replica()
         assert (
             await replica.authorizer.authorize(_wrong_secret(created))
         ).reason is Reason.NOT_FOUND
-        assert (await replica.authorizer.authorize(created.secret)).reason is Reason.ALLOWED
+        assert (await replica.authorizer.authorize(created.raw_key)).reason is Reason.ALLOWED
 
     @async_test
     async def test_a_key_re_signed_for_the_other_mode_is_not_found(self, keysvc: Keysvc) -> None:
         """A test key re-prefixed ck_live_ with a valid checksum is not the live key it claims."""
         created = await _create(keysvc, mode=Mode.TEST)
-        forged = signed("ck_live_" + created.secret[8 : -keys.CHECKSUM_LENGTH])
+        forged = signed("ck_live_" + created.raw_key[8 : -keys.CHECKSUM_LENGTH])
         assert keys.parse(forged) is not None
         assert (await keysvc.authorizer.authorize(forged)).reason is Reason.NOT_FOUND
-        assert (await keysvc.replica().authorizer.authorize(forged)).reason is Reason.NOT_FOUND
+        assert (
+            await (await keysvc.replica()).authorizer.authorize(forged)
+        ).reason is Reason.NOT_FOUND
 
 
 class TestScopesAndMode:
@@ -180,7 +183,7 @@ class TestScopesAndMode:
     async def test_a_missing_scope_is_insufficient(self, keysvc: Keysvc) -> None:
         """A valid key without a required scope is INSUFFICIENT_SCOPE (403), naming the scope."""
         created = await _create(keysvc, scopes=("links:read",))
-        decision = await keysvc.authorizer.authorize(created.secret, ["webhooks:read"])
+        decision = await keysvc.authorizer.authorize(created.raw_key, ["webhooks:read"])
         assert decision.reason is Reason.INSUFFICIENT_SCOPE
         assert (decision.allowed, decision.http_status) == (False, 403)
         assert decision.missing_scopes == ("webhooks:read",)
@@ -191,18 +194,18 @@ class TestScopesAndMode:
         """Holding some required scopes is not enough; the missing ones are listed, sorted."""
         created = await _create(keysvc, scopes=("links:read", "events:read"))
         decision = await keysvc.authorizer.authorize(
-            created.secret, ["sessions:write", "links:read", "customers:read"]
+            created.raw_key, ["sessions:write", "links:read", "customers:read"]
         )
         assert decision.reason is Reason.INSUFFICIENT_SCOPE
         assert decision.missing_scopes == ("customers:read", "sessions:write")
-        both = await keysvc.authorizer.authorize(created.secret, ["events:read", "links:read"])
+        both = await keysvc.authorizer.authorize(created.raw_key, ["events:read", "links:read"])
         assert both.reason is Reason.ALLOWED
 
     @async_test
     async def test_write_does_not_imply_read(self, keysvc: Keysvc) -> None:
         """A key with links:write alone may not list links."""
         created = await _create(keysvc, scopes=("links:write",))
-        decision = await keysvc.authorizer.authorize(created.secret, ["links:read"])
+        decision = await keysvc.authorizer.authorize(created.raw_key, ["links:read"])
         assert decision.reason is Reason.INSUFFICIENT_SCOPE
         assert decision.missing_scopes == ("links:read",)
 
@@ -215,7 +218,7 @@ class TestScopesAndMode:
     ) -> None:
         """A key of a mode the caller does not accept is WRONG_MODE (403)."""
         created = await _create(keysvc, mode=key_mode)
-        decision = await keysvc.authorizer.authorize(created.secret, ["links:read"], required)
+        decision = await keysvc.authorizer.authorize(created.raw_key, ["links:read"], required)
         assert decision.reason is Reason.WRONG_MODE
         assert (decision.allowed, decision.http_status) == (False, 403)
         assert decision.grant is not None and decision.grant.mode is key_mode
@@ -224,7 +227,7 @@ class TestScopesAndMode:
     async def test_the_required_mode_is_allowed(self, keysvc: Keysvc) -> None:
         """A key of the required mode is allowed."""
         created = await _create(keysvc, mode=Mode.TEST)
-        decision = await keysvc.authorizer.authorize(created.secret, ["links:read"], Mode.TEST)
+        decision = await keysvc.authorizer.authorize(created.raw_key, ["links:read"], Mode.TEST)
         assert decision.reason is Reason.ALLOWED
 
     @async_test
@@ -232,7 +235,7 @@ class TestScopesAndMode:
         """Requiring a scope outside the catalogue is InvalidArgument, not a decision."""
         created = await _create(keysvc)
         with pytest.raises(InvalidArgument, match="payouts:write"):
-            await keysvc.authorizer.authorize(created.secret, ["payouts:write"])
+            await keysvc.authorizer.authorize(created.raw_key, ["payouts:write"])
         with pytest.raises(InvalidArgument):
             await keysvc.authorizer.authorize("", ["payouts:write"])
 
@@ -242,28 +245,28 @@ class TestRevoked:
     async def test_the_very_next_authorize_is_revoked(self, keysvc: Keysvc) -> None:
         """Revocation is immediate: the next Authorize of the key is REVOKED (401)."""
         created = await _create(keysvc)
-        assert (await keysvc.authorizer.authorize(created.secret)).reason is Reason.ALLOWED
-        await keysvc.service.revoke_key("acct_1", created.key.id, ADMIN)
-        decision = await keysvc.authorizer.authorize(created.secret)
+        assert (await keysvc.authorizer.authorize(created.raw_key)).reason is Reason.ALLOWED
+        await keysvc.admin.revoke_key("acct_1", created.key.id, ADMIN)
+        decision = await keysvc.authorizer.authorize(created.raw_key)
         assert decision.reason is Reason.REVOKED
         assert (decision.allowed, decision.http_status) == (False, 401)
-        again = await keysvc.authorizer.authorize(created.secret, ["links:read"])
+        again = await keysvc.authorizer.authorize(created.raw_key, ["links:read"])
         assert again.reason is Reason.REVOKED
 
     @async_test
     async def test_is_revoked_on_a_cold_cache(self, keysvc: Keysvc) -> None:
         """A replica that never cached the key reads the revocation from the store."""
         created = await _create(keysvc)
-        await keysvc.service.revoke_key("acct_1", created.key.id, ADMIN)
-        replica = keysvc.replica()
-        assert (await replica.authorizer.authorize(created.secret)).reason is Reason.REVOKED
-        assert (await replica.authorizer.authorize(created.secret)).reason is Reason.REVOKED
+        await keysvc.admin.revoke_key("acct_1", created.key.id, ADMIN)
+        replica = await keysvc.replica()
+        assert (await replica.authorizer.authorize(created.raw_key)).reason is Reason.REVOKED
+        assert (await replica.authorizer.authorize(created.raw_key)).reason is Reason.REVOKED
 
     @async_test
     async def test_a_wrong_secret_for_a_revoked_key_is_not_found(self, keysvc: Keysvc) -> None:
         """Only the real key learns that it was revoked; a guess is still NOT_FOUND."""
         created = await _create(keysvc)
-        await keysvc.service.revoke_key("acct_1", created.key.id, ADMIN)
+        await keysvc.admin.revoke_key("acct_1", created.key.id, ADMIN)
         decision = await keysvc.authorizer.authorize(_wrong_secret(created))
         assert decision.reason is Reason.NOT_FOUND
 
@@ -271,8 +274,8 @@ class TestRevoked:
     async def test_revoking_one_key_leaves_the_others(self, keysvc: Keysvc) -> None:
         """Revoking one integration's key does not affect another key of the account."""
         old, new = await _create(keysvc), await _create(keysvc)
-        await keysvc.service.revoke_key("acct_1", old.key.id, ADMIN)
-        assert (await keysvc.authorizer.authorize(new.secret)).reason is Reason.ALLOWED
+        await keysvc.admin.revoke_key("acct_1", old.key.id, ADMIN)
+        assert (await keysvc.authorizer.authorize(new.raw_key)).reason is Reason.ALLOWED
 
     @async_test
     async def test_a_look_up_that_read_the_key_before_its_revocation_allows_nothing_after(
@@ -281,20 +284,20 @@ class TestRevoked:
         """A cold look-up that read the key before its revocation answers only the request
         that started it, which arrived first; what it caches allows no later request."""
         created = await _create(keysvc)
-        replica = keysvc.replica(authorizer_class=PausingAuthorizer)
+        replica = await keysvc.replica(authorizer_class=PausingAuthorizer)
         authorizer = replica.authorizer
         assert isinstance(authorizer, PausingAuthorizer)
 
-        pending = asyncio.create_task(authorizer.authorize(created.secret, ["links:read"]))
+        pending = asyncio.create_task(authorizer.authorize(created.raw_key, ["links:read"]))
         stale = await within_deadline(authorizer.read_from_store.get())
         assert stale.revoked is False  # the look-up read the key while it was active
-        await keysvc.service.revoke_key("acct_1", created.key.id, ADMIN)
+        await keysvc.admin.revoke_key("acct_1", created.key.id, ADMIN)
         authorizer.resume.set()
         await within_deadline(pending)
         cached = await replica.cache.get(created.key.id)
 
         assert cached is not None and not cached.revoked  # the stale grant was cached...
-        assert (await authorizer.authorize(created.secret)).reason is Reason.REVOKED  # ...inert
+        assert (await authorizer.authorize(created.raw_key)).reason is Reason.REVOKED  # ...inert
 
 
 class TestCost:
@@ -303,27 +306,27 @@ class TestCost:
         """Creating a key warms the cache: its first Authorize needs no argon2."""
         created = await _create(keysvc)
         for _ in range(10):
-            assert (await keysvc.authorizer.authorize(created.secret)).reason is Reason.ALLOWED
+            assert (await keysvc.authorizer.authorize(created.raw_key)).reason is Reason.ALLOWED
         assert keysvc.verifier.verifications == 0
 
     @async_test
     async def test_a_cold_key_is_verified_once_however_many_ask(self, keysvc: Keysvc) -> None:
         """Fifty concurrent Authorize calls for one uncached key run argon2 once between them."""
         created = await _create(keysvc)
-        replica = keysvc.replica()
+        replica = await keysvc.replica()
         decisions = await within_deadline(
-            asyncio.gather(*(replica.authorizer.authorize(created.secret) for _ in range(50)))
+            asyncio.gather(*(replica.authorizer.authorize(created.raw_key) for _ in range(50)))
         )
         assert {d.reason for d in decisions} == {Reason.ALLOWED}
         assert replica.verifier.verifications == 1
-        await replica.authorizer.authorize(created.secret)
+        await replica.authorizer.authorize(created.raw_key)
         assert replica.verifier.verifications == 1
 
     @async_test
     async def test_concurrent_wrong_secrets_are_verified_once(self, keysvc: Keysvc) -> None:
         """Fifty concurrent calls with one wrong secret run argon2 once between them."""
         created = await _create(keysvc)
-        replica = keysvc.replica()
+        replica = await keysvc.replica()
         forged = _wrong_secret(created)
         decisions = await within_deadline(
             asyncio.gather(*(replica.authorizer.authorize(forged) for _ in range(50)))
@@ -337,7 +340,7 @@ class TestCost:
     ) -> None:
         """Repeating a wrong secret is refused without argon2 until the rejection TTL runs out."""
         created = await _create(keysvc)
-        replica = keysvc.replica()
+        replica = await keysvc.replica()
         forged = _wrong_secret(created)
         for _ in range(5):
             assert (await replica.authorizer.authorize(forged)).reason is Reason.NOT_FOUND
@@ -370,15 +373,15 @@ class TestCost:
         found = keysvc.store.find(created.key.id)
         assert found is not None and current.needs_rehash(found.verifier)
 
-        replica = keysvc.replica(verifier=current)
-        assert (await replica.authorizer.authorize(created.secret)).reason is Reason.ALLOWED
+        replica = await keysvc.replica(verifier=current)
+        assert (await replica.authorizer.authorize(created.raw_key)).reason is Reason.ALLOWED
 
         found = keysvc.store.find(created.key.id)
         assert found is not None
         assert current.needs_rehash(found.verifier) is False
-        assert current.verify(found.verifier, created.secret) is True
+        assert current.verify(found.verifier, created.raw_key) is True
         assert (
-            await keysvc.replica().authorizer.authorize(created.secret)
+            await (await keysvc.replica()).authorizer.authorize(created.raw_key)
         ).reason is Reason.ALLOWED
 
 
@@ -388,21 +391,21 @@ class TestLastUsed:
         """After an allowed Authorize and a flush, the key's last_used_at is the time of use."""
         created = await _create(keysvc)
         used_at = keysvc.clock.advance(60)
-        await keysvc.authorizer.authorize(created.secret)
+        await keysvc.authorizer.authorize(created.raw_key)
         keysvc.clock.advance(60)
         await keysvc.recorder.flush()
-        key = await keysvc.service.get_key("acct_1", created.key.id)
+        key = await keysvc.admin.get_key("acct_1", created.key.id)
         assert key.last_used_at == used_at
 
     @async_test
     async def test_keeps_the_latest_use(self, keysvc: Keysvc) -> None:
         """Several uses between flushes leave the latest one as last_used_at."""
         created = await _create(keysvc)
-        await keysvc.authorizer.authorize(created.secret)
+        await keysvc.authorizer.authorize(created.raw_key)
         latest = keysvc.clock.advance(30)
-        await keysvc.authorizer.authorize(created.secret)
+        await keysvc.authorizer.authorize(created.raw_key)
         await keysvc.recorder.flush()
-        assert (await keysvc.service.get_key("acct_1", created.key.id)).last_used_at == latest
+        assert (await keysvc.admin.get_key("acct_1", created.key.id)).last_used_at == latest
 
     @async_test
     async def test_is_set_when_the_key_authenticated_but_lacked_a_scope(
@@ -410,10 +413,10 @@ class TestLastUsed:
     ) -> None:
         """A refusal for scope still follows a successful authentication, so it counts as a use."""
         created = await _create(keysvc, scopes=("links:read",))
-        decision = await keysvc.authorizer.authorize(created.secret, ["customers:write"])
+        decision = await keysvc.authorizer.authorize(created.raw_key, ["customers:write"])
         assert decision.reason is Reason.INSUFFICIENT_SCOPE
         await keysvc.recorder.flush()
-        key = await keysvc.service.get_key("acct_1", created.key.id)
+        key = await keysvc.admin.get_key("acct_1", created.key.id)
         assert key.last_used_at == keysvc.clock.now
 
     @async_test
@@ -421,18 +424,18 @@ class TestLastUsed:
         """A wrong secret, a mistyped key or a revoked key does not count as a use."""
         created = await _create(keysvc)
         revoked = await _create(keysvc)
-        await keysvc.service.revoke_key("acct_1", revoked.key.id, ADMIN)
-        raw = created.secret
+        await keysvc.admin.revoke_key("acct_1", revoked.key.id, ADMIN)
+        raw = created.raw_key
         attempts = [
             _wrong_secret(created),
             raw[:-1] + ("0" if raw[-1] != "0" else "1"),
-            revoked.secret,
+            revoked.raw_key,
         ]
         for attempt in attempts:
             assert not (await keysvc.authorizer.authorize(attempt)).allowed
-            assert not (await keysvc.replica().authorizer.authorize(attempt)).allowed
+            assert not (await (await keysvc.replica()).authorizer.authorize(attempt)).allowed
         await keysvc.recorder.flush()
-        for key in (await keysvc.service.list_keys("acct_1")).keys:
+        for key in (await keysvc.admin.list_keys("acct_1")).keys:
             assert key.last_used_at is None
 
 
@@ -451,12 +454,11 @@ class Counting:
 def _counted(keysvc: Keysvc) -> tuple[Authorizer, Counting, Counting]:
     """A replica's Authorizer (cold in-process cache) over keysvc's store, both counted; it
     shares keysvc's view of the change log."""
-    keysvc.follow()
     store = Counting(keysvc.store)
     cache = Counting(MemoryKeyCache(clock=keysvc.monotonic))
     authorizer = Authorizer(
-        store,  # type: ignore[arg-type]
-        cache,  # type: ignore[arg-type]
+        store,
+        cache,
         keysvc.verifier,
         keysvc.workers,
         keysvc.recorder,
@@ -522,19 +524,25 @@ class TestHostileInput:
     @HOSTILE
     @given(values=st.lists(NOT_KEYS, min_size=5, max_size=40))
     def test_malformed_keys_cost_no_store_or_cache_access(
-        self, keysvc: Keysvc, values: list[str]
+        self, keysvc: KeysvcFixture, values: list[str]
     ) -> None:
         """Thousands of strings that are not keys are refused with 401 MALFORMED (or MISSING
         when they carry nothing), without the store, the cache or argon2 being touched."""
         values = [value for value in values if not _holds_a_key(value)]
-        authorizer, store, cache = _counted(keysvc)
 
-        decisions = asyncio.run(_authorize_each(authorizer, values))
+        async def decide() -> tuple[list[Decision], Counting, Counting, int]:
+            async with AsyncExitStack() as stack:
+                running = await keysvc.enter(stack)
+                authorizer, store, cache = _counted(running)
+                decisions = await _authorize_each(authorizer, values)
+                return decisions, store, cache, running.verifier.verifications
+
+        decisions, store, cache, verifications = asyncio.run(decide())
 
         assert {d.reason for d in decisions} <= {Reason.MALFORMED, Reason.MISSING}
         assert all(d.http_status == 401 and d.grant is None for d in decisions)
         assert (store.touched, cache.touched) == ([], [])
-        assert keysvc.verifier.verifications == 0
+        assert verifications == 0
 
     @async_test
     async def test_unknown_key_ids_cost_no_store_read(self, keysvc: Keysvc) -> None:
@@ -559,7 +567,7 @@ class TestHostileInput:
         authorizer, _, _ = _counted(keysvc)
         await authorizer.authorize(keys.generate(Mode.LIVE, keys.new_key_id()))
 
-        assert (await authorizer.authorize(created.secret)).reason is Reason.ALLOWED
+        assert (await authorizer.authorize(created.raw_key)).reason is Reason.ALLOWED
 
 
 class TestBruteForce:
@@ -586,7 +594,7 @@ class TestBruteForce:
     ) -> None:
         """Fifty different wrong secrets arriving together still run argon2 ten times at most."""
         created = await _create(keysvc)
-        replica = keysvc.replica()
+        replica = await keysvc.replica()
 
         decisions = await within_deadline(
             asyncio.gather(*(replica.authorizer.authorize(g) for g in _guesses(created, 50)))
@@ -599,13 +607,13 @@ class TestBruteForce:
     async def test_verification_resumes_when_the_minute_is_over(self, keysvc: Keysvc) -> None:
         """A minute after the first guess, secrets for the key id are verified again."""
         created = await _create(keysvc)
-        replica = keysvc.replica()
+        replica = await keysvc.replica()
         await _authorize_each(replica.authorizer, _guesses(created, 30))
         replica.monotonic.advance(60)
 
         guess = await replica.authorizer.authorize(_wrong_secret(created))
         assert (guess.reason, replica.verifier.verifications) == (Reason.NOT_FOUND, 11)
-        real = await replica.authorizer.authorize(created.secret)
+        real = await replica.authorizer.authorize(created.raw_key)
         assert (real.reason, replica.verifier.verifications) == (Reason.ALLOWED, 12)
 
     @async_test
@@ -614,7 +622,7 @@ class TestBruteForce:
     ) -> None:
         """From the tenth wrong secret in a minute, each refusal waits a quarter second."""
         created = await _create(keysvc)
-        replica = keysvc.replica()
+        replica = await keysvc.replica()
 
         await _authorize_each(replica.authorizer, _guesses(created, 30))
 
@@ -627,10 +635,10 @@ class TestBruteForce:
         """Guesses at a cached key cost no argon2 but count against its key id all the same;
         the real key, right after, is allowed at once."""
         created = await _create(keysvc)
-        assert (await keysvc.authorizer.authorize(created.secret)).allowed
+        assert (await keysvc.authorizer.authorize(created.raw_key)).allowed
 
         decisions = await _authorize_each(keysvc.authorizer, _guesses(created, 30))
-        real = await keysvc.authorizer.authorize(created.secret)
+        real = await keysvc.authorizer.authorize(created.raw_key)
 
         assert {d.reason for d in decisions} == {Reason.NOT_FOUND}
         assert keysvc.verifier.verifications == 0
@@ -644,12 +652,12 @@ class TestBruteForce:
         """The price of the throttle: a real key this process has never verified, presented
         while its key id is throttled, is NOT_FOUND until the minute is over."""
         created = await _create(keysvc)
-        replica = keysvc.replica()
+        replica = await keysvc.replica()
         await _authorize_each(replica.authorizer, _guesses(created, 10))
 
-        refused = await replica.authorizer.authorize(created.secret)
+        refused = await replica.authorizer.authorize(created.raw_key)
         replica.monotonic.advance(60)
-        allowed = await replica.authorizer.authorize(created.secret)
+        allowed = await replica.authorizer.authorize(created.raw_key)
 
         assert (refused.reason, allowed.reason) == (Reason.NOT_FOUND, Reason.ALLOWED)
 
@@ -660,7 +668,7 @@ class TestBruteForce:
         """A key another replica verified into the shared cache is allowed by a replica that
         throttles its key id: the cache is asked before the throttle."""
         created = await _create(keysvc)
-        replica = keysvc.replica()
+        replica = await keysvc.replica()
         await _authorize_each(replica.authorizer, _guesses(created, 30))
         sibling = Authorizer(
             keysvc.store,
@@ -671,9 +679,9 @@ class TestBruteForce:
             replica.change_log,
             monotonic=replica.monotonic,
         )
-        assert (await sibling.authorize(created.secret)).reason is Reason.ALLOWED
+        assert (await sibling.authorize(created.raw_key)).reason is Reason.ALLOWED
 
-        decision = await replica.authorizer.authorize(created.secret, ["links:read"])
+        decision = await replica.authorizer.authorize(created.raw_key, ["links:read"])
 
         assert decision.reason is Reason.ALLOWED
         assert replica.verifier.verifications == 10
@@ -686,13 +694,13 @@ class TestBruteForce:
         go, while guesses at its secret are throttled; and without argon2 again, since its
         secret was proven."""
         created = await _create(keysvc)
-        replica = keysvc.replica()
-        assert (await replica.authorizer.authorize(created.secret)).reason is Reason.ALLOWED
+        replica = await keysvc.replica()
+        assert (await replica.authorizer.authorize(created.raw_key)).reason is Reason.ALLOWED
         replica.monotonic.advance(3600)  # the cache's TTL: the key is cold again
         await _authorize_each(replica.authorizer, _guesses(created, 30))
         assert replica.verifier.verifications == 11
 
-        decision = await replica.authorizer.authorize(created.secret)
+        decision = await replica.authorizer.authorize(created.raw_key)
 
         assert decision.reason is Reason.ALLOWED
         assert replica.verifier.verifications == 11
@@ -705,12 +713,12 @@ class TestBruteForce:
         it go, while guesses at its secret are throttled; and without argon2, since the cache
         proved its secret."""
         created = await _create(keysvc)  # creating it cached it: no argon2 here
-        assert (await keysvc.authorizer.authorize(created.secret)).reason is Reason.ALLOWED
+        assert (await keysvc.authorizer.authorize(created.raw_key)).reason is Reason.ALLOWED
         keysvc.monotonic.advance(3600)
         await _authorize_each(keysvc.authorizer, _guesses(created, 30))
         assert keysvc.verifier.verifications == 10
 
-        decision = await keysvc.authorizer.authorize(created.secret)
+        decision = await keysvc.authorizer.authorize(created.raw_key)
 
         assert decision.reason is Reason.ALLOWED
         assert keysvc.verifier.verifications == 10
@@ -738,7 +746,7 @@ class TestBruteForce:
         fifty a minute later log one more. No warning holds a secret."""
         caplog.set_level(logging.INFO, logger="keysvc")
         created = await _create(keysvc)
-        replica = keysvc.replica()
+        replica = await keysvc.replica()
         first, second = _guesses(created, 50), _guesses(created, 50)
 
         await _authorize_each(replica.authorizer, first)
@@ -755,6 +763,6 @@ class TestBruteForce:
         ]
         assert warned_at.isoformat() == "2026-03-01T12:00:01+00:00"
         logged = caplog.text
-        for raw in [created.secret, *first, *second]:
+        for raw in [created.raw_key, *first, *second]:
             assert raw not in logged
             assert secret_of(raw) not in logged

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from keysvc.change_log import CLOCK_DRIFT, ChangeLog, KnownKeyIds
-from keysvc.errors import Unavailable
-from keysvc.model import Change, ChangeKind, KeyGrant, Mode
+from keysvc.core.errors import Unavailable
+from keysvc.core.model import Change, ChangeKind, KeyGrant, Mode
+from keysvc.usecases.change_log import CLOCK_DRIFT, ChangeLog, KnownKeyIds
 
 from .support import FakeMonotonic, async_test
 

@@ -8,8 +8,8 @@ import secrets
 
 import pytest
 
-from keysvc.cache.codec import GrantCodec
-from keysvc.model import KeyGrant, Mode
+from keysvc.adapters.cache.codec import GrantCodec
+from keysvc.core.model import KeyGrant, Mode
 
 MAC_KEY = secrets.token_bytes(32)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from keysvc import hashing, keys
-from keysvc.hashing import Argon2Parameters, Verifier
-from keysvc.model import Mode
+from keysvc.core import hashing, keys
+from keysvc.core.hashing import Argon2Parameters, Verifier
+from keysvc.core.model import Mode
 
 from .support import FAST_ARGON2, secret_of
 

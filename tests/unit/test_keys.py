@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keysvc import keys
-from keysvc.model import Mode
+from keysvc.core import keys
+from keysvc.core.model import Mode
 
 from .support import checksum, secret_of, signed
 
@@ -88,7 +88,7 @@ class TestParse:
         raw = keys.generate(mode, key_id)
         parsed = keys.parse(raw)
         assert parsed is not None
-        assert (parsed.mode, parsed.key_id, parsed.raw) == (mode, key_id, raw)
+        assert (parsed.mode, parsed.key_id, parsed.raw_key) == (mode, key_id, raw)
 
     def test_rejects_every_single_character_substitution(self) -> None:
         """Changing any one character of a key to any other letter or digit fails the check."""
@@ -144,7 +144,7 @@ class TestParse:
     def test_never_raises(self, value: str) -> None:
         """Whatever text arrives, parse answers a key or None; it never raises."""
         parsed = keys.parse(value)
-        assert parsed is None or parsed.raw == value
+        assert parsed is None or parsed.raw_key == value
 
     def test_repr_never_contains_the_raw_key(self) -> None:
         """A parsed key can be logged: its repr shows neither the raw key nor its secret."""

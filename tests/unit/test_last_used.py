@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from keysvc.last_used import LastUsedRecorder
+from keysvc.usecases.last_used import LastUsedRecorder
 
 from .support import async_test, within_deadline
 

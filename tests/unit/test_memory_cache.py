@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from keysvc.cache.memory import MemoryKeyCache
-from keysvc.model import KeyGrant, Mode
+from keysvc.adapters.cache.memory import MemoryKeyCache
+from keysvc.core.model import KeyGrant, Mode
 
 from .support import FakeMonotonic, async_test
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from keysvc import pagination
-from keysvc.errors import InvalidArgument
-from keysvc.store import Cursor
+from keysvc.core import pagination
+from keysvc.core.errors import InvalidArgument
+from keysvc.core.model import Cursor
 
 KEYS, AUDIT_EVENTS = pagination.KEYS, pagination.AUDIT_EVENTS
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from keysvc import scopes
-from keysvc.errors import InvalidArgument
+from keysvc.core import scopes
+from keysvc.core.errors import InvalidArgument
 
 # The product page's "Available scopes" table, word for word.
 PRODUCT_PAGE_SCOPES = {

@@ -8,20 +8,22 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from keysvc import keys
-from keysvc.errors import Unavailable
-from keysvc.model import (
+from keysvc.adapters.store import migrate, sql
+from keysvc.adapters.store.sql import SqlKeyStore, create_engine
+from keysvc.core import keys
+from keysvc.core.errors import Unavailable
+from keysvc.core.model import (
     Actor,
     ApiKey,
     AuditAction,
     AuditEvent,
     Change,
     ChangeKind,
+    Cursor,
     KeyStatus,
     Mode,
 )
-from keysvc.store import Cursor, KeyIdTaken, migrate, sql
-from keysvc.store.sql import SqlKeyStore, create_engine
+from keysvc.ports.store import KeyIdTaken
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ADMIN = Actor("admin-token", "ipv4:127.0.0.1:50000")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keysvc.throttle import ExpiringSet, FailureThrottle, Throttled
+from keysvc.usecases.throttle import ExpiringSet, FailureThrottle, Throttled
 
 from .support import FakeMonotonic
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from keysvc import validation
-from keysvc.errors import InvalidArgument
+from keysvc.core import validation
+from keysvc.core.errors import InvalidArgument
 
 
 class TestAccountId:

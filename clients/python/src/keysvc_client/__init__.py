@@ -3,9 +3,11 @@
 keysvc_client.KeyServiceClient blocks; keysvc_client.aio.KeyServiceClient is its asyncio twin.
 keysvc_client.Guard is what API servers keep to check each request's key (asyncio:
 keysvc_client.aio.Guard); keysvc_client.integrations has the glue for web frameworks and gRPC.
+All four take a keysvc_client.Connection: where keysvc is, the caller's token, TLS.
 """
 
 from keysvc_client._common import ModeLike, StatusLike
+from keysvc_client._connection import Connection, PemSource
 from keysvc_client._guard import Guard
 from keysvc_client._guard_common import KeyContext, Verdict, VerdictReason
 from keysvc_client._sync import KeyServiceClient
@@ -28,6 +30,7 @@ Scope = keysvc_pb2.Scope
 
 __all__ = [
     "AuthorizeResponse",
+    "Connection",
     "CreateKeyResponse",
     "Guard",
     "InvalidArgument",
@@ -38,6 +41,7 @@ __all__ = [
     "ListKeysResponse",
     "ModeLike",
     "NotFound",
+    "PemSource",
     "PermissionDenied",
     "Scope",
     "StatusLike",

@@ -16,6 +16,7 @@ __all__ = [
     "ModeLike",
     "StatusLike",
     "authorize_request",
+    "bearer_credential",
     "create_key_request",
     "list_keys_request",
     "metadata_for",
@@ -47,6 +48,7 @@ _E = TypeVar("_E", bound=int)
 # without protecting anything.
 _MIN_SECRET_LEN = 8
 _REDACTED = "[redacted]"
+_BEARER_SCHEME = "Bearer"
 
 
 def to_mode(value: ModeLike) -> keysvc_pb2.Mode.ValueType:
@@ -85,14 +87,21 @@ def _scopes(scopes: Iterable[str], what: str) -> list[str]:
     return list(scopes)
 
 
-def metadata_for(admin_token: str | None) -> Metadata | None:
-    if admin_token is None:
+def metadata_for(token: str | None) -> Metadata | None:
+    """The call metadata carrying `token` (checked non-empty by connection_of), if any."""
+    if token is None:
         return None
-    # An unset environment variable often arrives as "": fail here, not as a
-    # puzzling UNAUTHENTICATED on the first call.
-    if not admin_token:
-        raise ValueError("admin_token is empty: pass None to send no token")
-    return (("authorization", f"Bearer {admin_token}"),)
+    return (("authorization", f"{_BEARER_SCHEME} {token}"),)
+
+
+def bearer_credential(value: str) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` value ("" when the scheme is
+    Bearer with nothing after it); None when the value is not of the Bearer scheme.
+
+    The scheme is case-insensitive (RFC 9110), as keysvc's own parser takes it.
+    """
+    scheme, _, rest = value.strip().partition(" ")
+    return rest.strip() if scheme.lower() == _BEARER_SCHEME.lower() else None
 
 
 def create_key_request(
@@ -133,9 +142,9 @@ def authorize_request(
 def scrub_secret(error: KeysvcError, api_key: str) -> KeysvcError | None:
     """A copy of `error` with the key cut out of its details, or None if they never held it."""
     secrets = {api_key.strip()}
-    scheme, _, token = api_key.strip().partition(" ")
-    if scheme.lower() == "bearer":
-        secrets.add(token.strip())
+    credential = bearer_credential(api_key)
+    if credential is not None:
+        secrets.add(credential)
     details = error.details
     # Longest first, so the whole header goes before the bare key inside it.
     for secret in sorted(secrets, key=len, reverse=True):

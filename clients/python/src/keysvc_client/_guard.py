@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Self
+from typing import Self, Unpack
 
 import grpc
 
 from keysvc_client import _common, _guard_common
 from keysvc_client._common import ModeLike
+from keysvc_client._connection import ChannelKeywords, Connection, connection_of
 from keysvc_client._guard_common import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, Verdict
-from keysvc_client._tls import PemSource, channel_security
+from keysvc_client._tls import channel_security
 from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
 
 __all__ = ["Guard"]
@@ -32,18 +33,19 @@ class Guard:
     keysvc refuses this server's own request (wrong `token`, unknown scope) it is 500.
     There is no fail-open setting.
 
-    `token` is this API server's credential (an authorizer's token from keysvc's callers
-    file); a loopback keysvc with no authorizers configured needs none. `required_mode`
-    ("live" or "test") refuses keys of the other mode, as a staging server refuses live keys.
-    TLS: `tls_ca`, `tls_cert`, `tls_key`, `tls_server_name` and `credentials` as
-    keysvc_client.KeyServiceClient takes them.
+    keysvc is given as a keysvc_client.Connection, or as its settings in keywords: the target,
+    `token`, and `tls_ca`, `tls_cert`, `tls_key`, `tls_server_name`, `credentials` and
+    `options` as Connection documents them. The token is this API server's credential (an
+    authorizer's token from keysvc's callers file); a loopback keysvc with no authorizers
+    configured needs none. `required_mode` ("live" or "test") refuses keys of the other mode,
+    as a staging server refuses live keys.
     """
 
     DEFAULT_TIMEOUT = DEFAULT_TIMEOUT
 
     def __init__(
         self,
-        target: str,
+        target: str | Connection,
         *,
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
@@ -51,12 +53,7 @@ class Guard:
         unavailable_status: int = 503,
         realm: str = "api",
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        credentials: grpc.ChannelCredentials | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-        tls_ca: PemSource | None = None,
-        tls_cert: PemSource | None = None,
-        tls_key: PemSource | None = None,
-        tls_server_name: str | None = None,
+        **settings: Unpack[ChannelKeywords],
     ) -> None:
         self._settings = _guard_common.settings(
             timeout=timeout,
@@ -65,16 +62,12 @@ class Guard:
             realm=realm,
             max_attempts=max_attempts,
         )
-        self._target = target
-        self._metadata = _common.metadata_for(token)
+        connection = connection_of("Guard", target, ("token", token), settings)
+        self._target = connection.target
+        self._metadata = _common.metadata_for(connection.token)
         # Checked now, so a bad certificate path fails at start-up rather than on a request.
         self._credentials, self._options = channel_security(
-            credentials=credentials,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            tls_server_name=tls_server_name,
-            options=_guard_common.channel_options(self._settings, options),
+            connection, _guard_common.channel_options(self._settings, connection.options)
         )
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None

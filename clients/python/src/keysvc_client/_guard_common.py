@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeAlias
 
 import grpc
 
-from keysvc_client._common import ModeLike, scrub_secret, to_mode
+from keysvc_client._common import ModeLike, bearer_credential, scrub_secret, to_mode
 from keysvc_client.errors import from_rpc_error
 from keysvc_client.v1 import keysvc_pb2
 
@@ -283,8 +283,7 @@ def precheck(authorization: str | None, required: tuple[str, ...]) -> Verdict | 
     if authorization is None:
         return refused(401, "missing", required)
     value = authorization.strip()
-    scheme, _, rest = value.partition(" ")
-    if not value or (scheme.lower() == "bearer" and not rest.strip()):
+    if not value or bearer_credential(value) == "":
         return refused(401, "missing", required)
     if len(value) > _MAX_HEADER_LEN:
         return refused(401, "malformed", required)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar, Unpack
 
 import grpc
 
 from keysvc_client import _common
 from keysvc_client._common import ModeLike, StatusLike
-from keysvc_client._tls import PemSource, channel_security
+from keysvc_client._connection import ChannelKeywords, Connection, connection_of
+from keysvc_client._tls import channel_security
 from keysvc_client.errors import from_rpc_error
 from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
 
@@ -23,45 +24,32 @@ Resp = TypeVar("Resp")
 class KeyServiceClient:
     """A blocking client for keysvc.
 
-    Every call uses `timeout` seconds and, if `admin_token` is given, sends it as
-    `authorization: Bearer <token>` (an authorizer's token goes there too). Failed calls
-    raise keysvc_client.errors.KeysvcError subclasses. Use it as a context manager, or
-    call close(), to release the channel.
-
-    TLS: `tls_ca` (the CA that signed the server's certificate; None trusts the system's),
-    and for mutual TLS `tls_cert` and `tls_key` (the client's certificate and key), each a
-    PEM file's path or the PEM as bytes. Giving any of them makes the channel TLS;
-    `credentials` instead gives full control. `tls_server_name` is the name to expect in
-    the server's certificate when it is not the target's host.
+    It takes a keysvc_client.Connection, or the same settings as keywords: the target, the
+    caller's token as `admin_token` (an authorizer's token goes there too), and `tls_ca`,
+    `tls_cert`, `tls_key`, `tls_server_name`, `credentials` and `options` as Connection
+    documents them. Every call uses `timeout` seconds and sends the token, if any, as
+    `authorization: Bearer <token>`. Failed calls raise keysvc_client.errors.KeysvcError
+    subclasses. Use it as a context manager, or call close(), to release the channel.
     """
 
     def __init__(
         self,
-        target: str,
+        target: str | Connection,
         *,
         admin_token: str | None = None,
         timeout: float = 5.0,
-        credentials: grpc.ChannelCredentials | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-        tls_ca: PemSource | None = None,
-        tls_cert: PemSource | None = None,
-        tls_key: PemSource | None = None,
-        tls_server_name: str | None = None,
+        **settings: Unpack[ChannelKeywords],
     ) -> None:
-        self._timeout = timeout
-        self._metadata = _common.metadata_for(admin_token)
-        credentials, options = channel_security(
-            credentials=credentials,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            tls_server_name=tls_server_name,
-            options=options,
+        connection = connection_of(
+            "KeyServiceClient", target, ("admin_token", admin_token), settings
         )
+        self._timeout = timeout
+        self._metadata = _common.metadata_for(connection.token)
+        credentials, options = channel_security(connection)
         if credentials is None:
-            self._channel: grpc.Channel = grpc.insecure_channel(target, options=options)
+            self._channel: grpc.Channel = grpc.insecure_channel(connection.target, options=options)
         else:
-            self._channel = grpc.secure_channel(target, credentials, options=options)
+            self._channel = grpc.secure_channel(connection.target, credentials, options=options)
         self._stub: keysvc_pb2_grpc.KeyServiceStub = keysvc_pb2_grpc.KeyServiceStub(self._channel)
 
     def _call(self, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:

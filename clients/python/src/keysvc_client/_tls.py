@@ -9,25 +9,24 @@ from typing import Any, TypeAlias
 
 import grpc
 
-__all__ = ["PemSource", "channel_security"]
+from keysvc_client._connection import Connection, PemSource
 
-PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
-"""A PEM file's path (str or Path), or the PEM itself as bytes."""
+__all__ = ["channel_security"]
 
 Options: TypeAlias = list[tuple[str, Any]]
 
 
 def channel_security(
-    *,
-    credentials: grpc.ChannelCredentials | None,
-    tls_ca: PemSource | None,
-    tls_cert: PemSource | None,
-    tls_key: PemSource | None,
-    tls_server_name: str | None,
-    options: Sequence[tuple[str, Any]],
+    connection: Connection, options: Sequence[tuple[str, Any]] | None = None
 ) -> tuple[grpc.ChannelCredentials | None, Options]:
-    """The channel credentials (None: plaintext) and options these arguments ask for."""
-    channel_options = list(options)
+    """The channel credentials (None: plaintext) and options `connection` asks for.
+
+    `options`, when given, replace the connection's own (a Guard adds its defaults to them).
+    """
+    channel_options = list(connection.options if options is None else options)
+    credentials = connection.credentials
+    tls_ca, tls_cert, tls_key = connection.tls_ca, connection.tls_cert, connection.tls_key
+    tls_server_name = connection.tls_server_name
     uses_tls_files = any(v is not None for v in (tls_ca, tls_cert, tls_key))
     if credentials is not None and uses_tls_files:
         raise ValueError("pass either credentials or tls_ca/tls_cert/tls_key, not both")

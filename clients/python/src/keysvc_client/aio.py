@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import grpc
 
 from keysvc_client import _common
 from keysvc_client._aio_guard import Guard
 from keysvc_client._common import ModeLike, StatusLike
-from keysvc_client._tls import PemSource, channel_security
+from keysvc_client._connection import ChannelKeywords, Connection, connection_of
+from keysvc_client._tls import channel_security
 from keysvc_client.errors import from_rpc_error
 from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
 
@@ -31,27 +32,19 @@ class KeyServiceClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | Connection,
         *,
         admin_token: str | None = None,
         timeout: float = 5.0,
-        credentials: grpc.ChannelCredentials | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-        tls_ca: PemSource | None = None,
-        tls_cert: PemSource | None = None,
-        tls_key: PemSource | None = None,
-        tls_server_name: str | None = None,
+        **settings: Unpack[ChannelKeywords],
     ) -> None:
-        self._timeout = timeout
-        self._metadata = _common.metadata_for(admin_token)
-        credentials, options = channel_security(
-            credentials=credentials,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            tls_server_name=tls_server_name,
-            options=options,
+        connection = connection_of(
+            "KeyServiceClient", target, ("admin_token", admin_token), settings
         )
+        self._timeout = timeout
+        self._metadata = _common.metadata_for(connection.token)
+        credentials, options = channel_security(connection)
+        target = connection.target
         if credentials is None:
             self._channel: grpc.aio.Channel = grpc.aio.insecure_channel(target, options=options)
         else:

@@ -1,0 +1,174 @@
+"""The domain's values: keys as the product shows them, authorization decisions, and the
+audit trail of who changed which key."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Mode(enum.Enum):
+    LIVE = "live"
+    TEST = "test"
+
+
+class KeyStatus(enum.Enum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as the key list shows it: everything but the secret."""
+
+    id: str
+    account_id: str
+    name: str
+    prefix: str
+    mode: Mode
+    scopes: tuple[str, ...]
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def status(self) -> KeyStatus:
+        return KeyStatus.ACTIVE if self.revoked_at is None else KeyStatus.REVOKED
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A new key and its raw key, which exists only in this value and the response."""
+
+    key: ApiKey
+    raw_key: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    keys: list[ApiKey]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Position in a newest-first list: the time and id of the last item already returned
+    (a key's created_at and id, or an audit event's occurred_at and id)."""
+
+    at: datetime
+    id: str
+
+
+class AuditAction(enum.Enum):
+    KEY_CREATED = "key_created"
+    KEY_REVOKED = "key_revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for a change and from where: a caller's name and its network peer."""
+
+    name: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One entry of an account's audit trail: a key created or revoked, by whom, when."""
+
+    id: str
+    account_id: str
+    action: AuditAction
+    key_id: str
+    actor: str
+    peer: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    events: list[AuditEvent]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """What Authorize needs to know about a verified key; this is what the caches hold.
+
+    `digest` is the SHA-256 of the raw key, proven by argon2 against the stored verifier
+    and compared in constant time on the hot path. A key's secret never changes, so the
+    digest stays proof of the secret for good; a grant without one (a revocation marker)
+    refuses the key but proves no secret. `seq` is the position in the change log
+    (keysvc.usecases.change_log) the grant's state was read at: a change of the key logged after
+    `seq` makes the grant stale.
+    """
+
+    key_id: str
+    account_id: str
+    mode: Mode
+    scopes: frozenset[str]
+    revoked: bool
+    seq: int = 0
+    digest: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, key: ApiKey, *, seq: int, digest: bytes | None = None) -> KeyGrant:
+        """The grant of `key` as stored at change-log position `seq`."""
+        return cls(
+            key_id=key.id,
+            account_id=key.account_id,
+            mode=key.mode,
+            scopes=frozenset(key.scopes),
+            revoked=key.revoked_at is not None,
+            seq=seq,
+            digest=digest,
+        )
+
+
+class ChangeKind(enum.Enum):
+    CREATED = "created"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change log: what happened to a key, at which position."""
+
+    seq: int
+    key_id: str
+    kind: ChangeKind
+
+
+class Reason(enum.Enum):
+    ALLOWED = "allowed"
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    NOT_FOUND = "not_found"
+    REVOKED = "revoked"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    WRONG_MODE = "wrong_mode"
+
+
+_HTTP_STATUS = {
+    Reason.ALLOWED: 200,
+    Reason.INSUFFICIENT_SCOPE: 403,
+    Reason.WRONG_MODE: 403,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to one Authorize call. `grant` is set whenever the key was verified."""
+
+    reason: Reason
+    grant: KeyGrant | None = None
+    missing_scopes: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.reason is Reason.ALLOWED
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS.get(self.reason, 401)
