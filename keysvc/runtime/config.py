@@ -64,6 +64,16 @@ class Settings:
         return self.data_dir / ADMIN_TOKEN_FILE
 
 
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value!r}")
+    return number
+
+
 def _true(value: str) -> bool:
     if value.lower() in ("1", "true", "yes"):
         return True
@@ -140,7 +150,7 @@ SERVE_OPTIONS = (
         "KEYSVC_LEASE_SECONDS",
         "how long a replica trusts its caches without reading the change log; RevokeKey"
         " waits this long",
-        float,
+        _positive,
     ),
     _Option(
         "--last-used-flush-seconds",
@@ -195,7 +205,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str] = os.environ)
         if value is None and variable is not None:
             try:
                 value = option.type(env[variable])
-            except ValueError as err:
+            except (ValueError, argparse.ArgumentTypeError) as err:
                 raise SystemExit(f"keysvc: ${variable}: {err}") from err
         if value is None:
             continue

@@ -325,8 +325,8 @@ class TestBruteForce:
         warnings = [line for line in log.splitlines() if "wrong secrets" in line]
         assert len(warnings) == 1, log
         assert re.search(
-            rf" WARNING keysvc\.authorizer: key id {created.key.id}: 10 wrong secrets in the"
-            r" last 60s; refusing further unverified secrets until"
+            rf" WARNING keysvc\.usecases\.authorize: key id {created.key.id}: 10 wrong secrets"
+            r" in the last 60s; refusing further unverified secrets until"
             r" \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$",
             warnings[0],
         ), warnings[0]

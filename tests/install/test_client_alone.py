@@ -143,7 +143,7 @@ class TestTheInstall:
         assert listed.returncode == 0, listed.stderr
         listed_commands = re.findall(r"^ {4}(\S+)", listed.stdout, re.MULTILINE)
         assert sorted(listed_commands) == [
-            "audit", "authorize", "callers", "keys", "migrate", "scopes", "serve",
+            "audit", "authorize", "callers", "health", "keys", "migrate", "scopes", "serve",
         ]  # fmt: skip
 
 

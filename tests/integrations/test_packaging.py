@@ -38,7 +38,11 @@ class TestDependencies:
 
     def test_the_frameworks_are_optional_extras(self) -> None:
         project = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]
-        assert [d.split(">")[0] for d in project["dependencies"]] == ["grpcio", "protobuf"]
+        assert [d.split(">")[0] for d in project["dependencies"]] == [
+            "grpcio",
+            "grpcio-health-checking",
+            "protobuf",
+        ]
         extras = project["optional-dependencies"]
         assert extras["starlette"][0].startswith("starlette")
         assert extras["fastapi"][0].startswith("fastapi")
