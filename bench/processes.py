@@ -15,9 +15,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal, TypeVar
+
+T = TypeVar("T")
 
 PYTHON = sys.executable
 _PARENT = "BENCH_PARENT_PID"
@@ -82,26 +84,19 @@ class Child:
 
     def wait_for_log(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
         """The first match of `pattern` in the child's log; fails if the child exits first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            match = pattern.search(self.read_log())
-            if match is not None:
-                return match
-            if not self.running:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.process.returncode}; log:\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{self.name} not ready after {timeout}s; log:\n{self.log_tail()}"
-                )
-            time.sleep(0.02)
+        return self._wait_for(lambda: pattern.search(self.read_log()), timeout)
 
     def wait_for_file(self, path: Path, timeout: float) -> str:
         """The stripped contents of `path` once the child has written it; fails if the child
         exits first."""
+        return self._wait_for(lambda: path.exists() and path.read_text().strip(), timeout)
+
+    def _wait_for(self, check: Callable[[], T | Literal[False] | None], timeout: float) -> T:
         deadline = time.monotonic() + timeout
-        while not path.exists():
+        while True:
+            result = check()
+            if result:
+                return result
             if not self.running:
                 raise RuntimeError(
                     f"{self.name} exited with {self.process.returncode}; log:\n{self.log_tail()}"
@@ -111,7 +106,6 @@ class Child:
                     f"{self.name} not ready after {timeout}s; log:\n{self.log_tail()}"
                 )
             time.sleep(0.02)
-        return path.read_text().strip()
 
     def stop(self, timeout: float = STOP_TIMEOUT, *, exiting_within: float = 0.0) -> int:
         """Stops the child and returns its exit code; `exiting_within` lets it end by itself."""

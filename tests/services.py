@@ -296,3 +296,17 @@ class SharedRedis:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def sessions_waiting_on_locks(database_url: str) -> int:
+    """How many sessions on the database are blocked on a lock right now: how a test knows a
+    call it made has reached the database and is held by the lock it set."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])

@@ -34,7 +34,7 @@ from tests.e2e.harness import (
     when,
     with_checksum,
 )
-from tests.services import PrivatePostgres, PrivateRedis
+from tests.services import PrivatePostgres, PrivateRedis, sessions_waiting_on_locks
 
 pytestmark = pytest.mark.slow
 
@@ -553,16 +553,6 @@ def attempted_writes(database: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def waiting_for_a_lock(database: str) -> int:
-    with psycopg.connect(database, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 def fill_connection_pool(admin: KeyServiceClient, account: str, database: str) -> None:
     """Leaves keysvc's pool holding POOL_SIZE open connections to `database`.
 
@@ -574,7 +564,7 @@ def fill_connection_pool(admin: KeyServiceClient, account: str, database: str) -
         lock.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
         calls = [callers.submit(admin.list_keys, account) for _ in range(POOL_SIZE)]
         poll(
-            lambda: waiting_for_a_lock(database) >= POOL_SIZE,
+            lambda: sessions_waiting_on_locks(database) >= POOL_SIZE,
             timeout=RECOVERY,
             what="ListKeys waiting on the lock",
         )

@@ -40,7 +40,7 @@ from tests.e2e.harness import (
     with_checksum,
 )
 from tests.proxy import TcpProxy
-from tests.services import PrivateRedis, SharedPostgres, free_port
+from tests.services import PrivateRedis, SharedPostgres, free_port, sessions_waiting_on_locks
 
 pytestmark = pytest.mark.slow
 
@@ -299,16 +299,6 @@ class TestAReplicaCutOffFromRedis:
             first.result(timeout=SETTLE)  # it arrived before the revocation: either answer
 
 
-def _locks_waited_on(database: str) -> int:
-    with psycopg.connect(database, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 class TestARevokeWhoseCallerGivesUp:
     def test_the_committed_revocation_holds_on_every_replica(
         self, servers: ServerFactory, private_redis: PrivateRedis, database: str
@@ -327,7 +317,7 @@ class TestARevokeWhoseCallerGivesUp:
             request = keysvc_pb2.RevokeKeyRequest(account_id=account, id=created.key.id)
             with a.channel() as channel, pytest.raises(grpc.RpcError) as raised:
                 a.stub(channel).RevokeKey(request, metadata=a.admin_metadata, timeout=0.5)
-            poll(lambda: _locks_waited_on(database) > 0, timeout=SETTLE, what="the revoke")
+            poll(lambda: sessions_waiting_on_locks(database) > 0, timeout=SETTLE, what="the revoke")
             time.sleep(max(0.0, 1.5 - (time.monotonic() - started)))  # the lock's length
             lock.commit()
         assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
