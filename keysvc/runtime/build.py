@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from keysvc.adapters.cache.codec import GrantCodec
 from keysvc.adapters.cache.memory import MemoryKeyCache
+from keysvc.adapters.cache.near import NearKeyCache
 from keysvc.adapters.cache.redis import RedisKeyCache
 from keysvc.adapters.store import migrate
 from keysvc.adapters.store.sql import SqlKeyStore, create_engine, database_url
@@ -205,7 +206,7 @@ def open_cache(
     if settings.redis_url is None:
         log.info("cache: in-process (set KEYSVC_REDIS_URL to share one between replicas)")
         return MemoryKeyCache(ttl_seconds=settings.cache_ttl_seconds, clock=monotonic)
-    cache = RedisKeyCache(
+    shared = RedisKeyCache(
         settings.redis_url,
         GrantCodec(mac_key),
         namespace=settings.redis_namespace,
@@ -213,11 +214,12 @@ def open_cache(
         ttl_seconds=settings.cache_ttl_seconds,
     )
     log.info(
-        "cache: redis %s (namespace %r)",
+        "cache: redis %s (namespace %r), with this replica's memory in front",
         without_password(settings.redis_url),
         settings.redis_namespace,
     )
-    return cache
+    near = MemoryKeyCache(ttl_seconds=settings.cache_ttl_seconds, clock=monotonic)
+    return NearKeyCache(near, shared)
 
 
 def without_password(url: str) -> str:

@@ -1,5 +1,6 @@
-"""The KeyCache contract, held by both caches: the in-process one and Redis; and what the
-Redis one does with values it did not write."""
+"""The KeyCache contract, held by every cache: the in-process one, Redis, and a replica's memory
+in front of Redis; what the Redis one does with values it did not write; and what the memory in
+front of Redis keeps."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import redis
 
 from keysvc.adapters.cache.codec import GrantCodec
 from keysvc.adapters.cache.memory import MemoryKeyCache
+from keysvc.adapters.cache.near import NearKeyCache
 from keysvc.adapters.cache.redis import RedisKeyCache
 from keysvc.core.errors import Unavailable
 from keysvc.core.model import KeyGrant, Mode
@@ -39,11 +41,11 @@ def _grant(
     )
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "memory in front of redis"])
 def open_cache(request: pytest.FixtureRequest) -> Iterator[OpenCache]:
     """Opens a cache of the kind under test; Redis ones share a prefix of this test's own."""
     prefix = ""
-    if request.param == "redis":
+    if request.param != "memory":
         shared: SharedRedis = request.getfixturevalue("shared_redis")
         prefix = f"{shared.prefix}cache-{secrets.token_hex(4)}:"
 
@@ -52,8 +54,12 @@ def open_cache(request: pytest.FixtureRequest) -> Iterator[OpenCache]:
         cache: KeyCache
         if request.param == "memory":
             cache = MemoryKeyCache()
-        else:
+        elif request.param == "redis":
             cache = RedisKeyCache(shared.url, CODEC, namespace=prefix)
+        else:
+            cache = NearKeyCache(
+                MemoryKeyCache(), RedisKeyCache(shared.url, CODEC, namespace=prefix)
+            )
         try:
             yield cache
         finally:
@@ -169,5 +175,64 @@ class TestRedisUnreachable:
                 await cache.get("a1B2c3D4e5F6")
             with pytest.raises(Unavailable):
                 await cache.put(_grant())
+        finally:
+            await cache.close()
+
+
+class TestMemoryInFrontOfRedis:
+    @pytest.fixture
+    def prefix(self, shared_redis: SharedRedis) -> str:
+        return f"{shared_redis.prefix}near-{secrets.token_hex(4)}:"
+
+    @async_test
+    async def test_a_grant_read_from_redis_is_kept_in_memory(
+        self, shared_redis: SharedRedis, prefix: str
+    ) -> None:
+        """A grant another replica put in Redis is read once; later reads need no Redis."""
+        other = RedisKeyCache(shared_redis.url, CODEC, namespace=prefix)
+        try:
+            await other.put(_grant())
+        finally:
+            await other.close()
+        cache = NearKeyCache(
+            MemoryKeyCache(), RedisKeyCache(shared_redis.url, CODEC, namespace=prefix)
+        )
+        try:
+            assert await cache.get("a1B2c3D4e5F6") == _grant()
+            client = redis.Redis.from_url(shared_redis.url)
+            client.delete(f"{prefix}grant:a1B2c3D4e5F6")
+            client.close()
+            assert await cache.get("a1B2c3D4e5F6") == _grant()
+        finally:
+            await cache.close()
+
+    @async_test
+    async def test_a_put_reaches_redis_and_memory(
+        self, shared_redis: SharedRedis, prefix: str
+    ) -> None:
+        """What this replica puts, the other replicas read from Redis."""
+        cache = NearKeyCache(
+            MemoryKeyCache(), RedisKeyCache(shared_redis.url, CODEC, namespace=prefix)
+        )
+        other = RedisKeyCache(shared_redis.url, CODEC, namespace=prefix)
+        try:
+            await cache.put(_grant(revoked=True, seq=9))
+            assert await other.get("a1B2c3D4e5F6") == _grant(revoked=True, seq=9)
+        finally:
+            await cache.close()
+            await other.close()
+
+    @async_test
+    async def test_a_put_redis_refuses_still_updates_memory(self) -> None:
+        """With Redis unreachable, a put raises Unavailable, and this replica keeps what it put:
+        its own view of a key it just revoked is never the older one."""
+        far = RedisKeyCache(f"redis://127.0.0.1:{free_port()}/0", CODEC, timeout_seconds=0.2)
+        near = MemoryKeyCache()
+        await near.put(_grant(seq=3))
+        cache = NearKeyCache(near, far)
+        try:
+            with pytest.raises(Unavailable):
+                await cache.put(_grant(revoked=True, seq=9))
+            assert await cache.get("a1B2c3D4e5F6") == _grant(revoked=True, seq=9)
         finally:
             await cache.close()

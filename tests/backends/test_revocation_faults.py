@@ -409,20 +409,23 @@ class TestCancelledLookUpsLeakNoConnection:
     def test_look_ups_cancelled_while_connecting_leave_nothing_open(
         self, tmp_path: Path, servers: ServerFactory
     ) -> None:
-        """Redis needs a password and sits behind a proxy that holds every byte: each Authorize,
-        given up by its caller after 50 ms while keysvc is still setting up its connection,
-        leaves no connection open."""
+        """Redis needs a password and sits behind a proxy that holds every byte: each Authorize
+        of a key the replica has not seen (a made-up key id: it asks Redis first), given up by
+        its caller after 50 ms while keysvc is still setting up its connection, leaves no
+        connection open."""
         password = secrets.token_hex(8)
         server = _redis(tmp_path / "redis-auth", password=password)
         proxy = TcpProxy(("127.0.0.1", server.port)).start()
         try:
             (keysvc,) = _replicas(servers, f"redis://:{password}@127.0.0.1:{proxy.port}/0", count=1)
-            created = _create(keysvc, _account())
             proxy.stall()
-            request = keysvc_pb2.AuthorizeRequest(api_key=created.secret)
             with keysvc.channel() as channel:
                 stub = keysvc.stub(channel)
                 for _ in range(100):
+                    made_up = with_checksum(
+                        f"ck_live_{secrets.token_hex(6)}{secrets.token_hex(16)}"
+                    )
+                    request = keysvc_pb2.AuthorizeRequest(api_key=made_up)
                     with pytest.raises(grpc.RpcError) as raised:
                         stub.Authorize(request, timeout=0.05)
                     assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED

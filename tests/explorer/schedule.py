@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from keysvc.adapters.cache.codec import GrantCodec
 from keysvc.adapters.cache.memory import MemoryKeyCache
+from keysvc.adapters.cache.near import NearKeyCache
 from keysvc.core import keys
 from keysvc.core.errors import KeysvcError
 from keysvc.core.model import Actor, Mode
@@ -55,13 +56,15 @@ OPERATOR = Actor("explorer", "ipv4:127.0.0.1:1")
 @dataclass(frozen=True)
 class Setup:
     """The shape of a schedule: how many replicas, whether they share a Redis (else each keeps
-    the embedded in-process cache), how many clients make how many calls on how many keys."""
+    the embedded in-process cache) and keep their own memory in front of it (as the server
+    does), how many clients make how many calls on how many keys."""
 
     replicas: int = 3
     shared_cache: bool = True
     clients: int = 4
     operations: int = 25
     keys: int = 4
+    near_cache: bool = True
 
     @classmethod
     def drawn(cls, seed: int) -> Setup:
@@ -74,6 +77,7 @@ class Setup:
             clients=rng.choice((3, 4, 6, 8)),
             operations=rng.choice((20, 30, 40)),
             keys=rng.choice((1, 1, 2, 4)),
+            near_cache=rng.random() < 0.75,
         )
 
 
@@ -185,6 +189,8 @@ class Simulation:
         cache: KeyCache
         if self.setup.shared_cache:
             cache = FakeCache(redis, codec, faults, number, delay)
+            if self.setup.near_cache:
+                cache = NearKeyCache(MemoryKeyCache(clock=now), cache)
         else:
             cache = MemoryKeyCache(clock=now)
 
