@@ -344,10 +344,11 @@ class Bench:
         cold = [created.secret for created in self.create_keys(target_a, COLD_KEYS, "cold")]
         doomed = self.create_keys(target_a, REVOCATION_ROUNDS, "revoked")
         revoked_in_flood = self.create_keys(target_a, REVOKED_DURING_FLOOD, "revoked in flood")
-        never_used = self.create_keys(target_a, FIRST_USES_DURING_FLOOD, "first use in flood")
-        # Out of the cache, so that their first Authorize reads the database and runs argon2.
-        self.redis.forget(hot_prefix, [created.key.id for created in never_used])
         target_b = self.keysvc_address(replica_b)
+        # Created through B, so that A never held them in its memory, and taken out of Redis:
+        # their first Authorize on A reads the database and runs argon2.
+        never_used = self.create_keys(target_b, FIRST_USES_DURING_FLOOD, "first use in flood")
+        self.redis.forget(hot_prefix, [created.key.id for created in never_used])
         cold_target = self.keysvc_address(cold_server)
 
         rows: dict[int, tuple[Load, Load]] = {}
