@@ -12,7 +12,9 @@ Settings: --host/--port (or PORT; 127.0.0.1:8000), KEYSVC_TARGET (127.0.0.1:5005
 KEYSVC_TOKEN (an authorizer's token, if keysvc wants one), KEYSVC_TLS_CA,
 KEYSVC_TLS_CLIENT_CERT and KEYSVC_TLS_CLIENT_KEY, KEYSVC_TLS_SERVER_NAME,
 KEYSVC_REQUIRED_MODE (live or test: a staging server says test),
-KEYSVC_TIMEOUT_SECONDS (each check's deadline; 0.05).
+KEYSVC_TIMEOUT_SECONDS (each check's deadline; 0.05), KEYSVC_TRUSTED_PROXIES (this server's
+own proxies, comma-separated addresses or CIDR ranges; none) and KEYSVC_FORWARDED_HEADER (the
+header they set: x-forwarded-for or forwarded).
 """
 
 from __future__ import annotations
@@ -127,6 +129,12 @@ def guard_from_env(env: Mapping[str, str]) -> Guard:
         tls_cert=env.get("KEYSVC_TLS_CLIENT_CERT") or None,
         tls_key=env.get("KEYSVC_TLS_CLIENT_KEY") or None,
         tls_server_name=env.get("KEYSVC_TLS_SERVER_NAME") or None,
+        trusted_proxies=[
+            proxy.strip()
+            for proxy in env.get("KEYSVC_TRUSTED_PROXIES", "").split(",")
+            if proxy.strip()
+        ],
+        forwarded_header=env.get("KEYSVC_FORWARDED_HEADER") or "x-forwarded-for",
     )
 
 
@@ -149,7 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         guard.timeout * 1000,
         guard.required_mode or "any",
     )
-    uvicorn.run(create_app(guard), host=args.host, port=args.port, log_level="info")
+    # The Guard's trusted_proxies decide where a request came from: uvicorn's own proxy
+    # handling (which trusts X-Forwarded-For from 127.0.0.1 by default) would decide first.
+    uvicorn.run(
+        create_app(guard), host=args.host, port=args.port, log_level="info", proxy_headers=False
+    )
     return 0
 
 

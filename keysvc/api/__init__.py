@@ -1,1 +1,2 @@
-"""The gRPC layer: translates protobuf to the domain and errors to status codes."""
+"""The edges: gRPC (protobuf to the domain, errors to status codes) and the HTTP endpoint of
+GitHub secret scanning (github.py)."""

@@ -18,7 +18,7 @@ from keysvc.api import convert
 from keysvc.api.status import status_code
 from keysvc.core import scopes
 from keysvc.core.errors import KeysvcError
-from keysvc.core.model import Actor
+from keysvc.core.model import Actor, ApiKey
 from keysvc.usecases.admin import KeyAdmin
 from keysvc.usecases.authorize import Authorizer
 
@@ -77,13 +77,22 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         mode = convert.mode_from_pb(request.mode, "mode", required=True)
         assert mode is not None
         created = await self._service.create_key(
-            request.account_id, request.name, mode, request.scopes, call.actor
+            request.account_id,
+            request.name,
+            mode,
+            request.scopes,
+            call.actor,
+            expire_time=convert.time_from_pb(request, "expire_time"),
+            allowed_ips=request.allowed_ips,
         )
-        return pb.CreateKeyResponse(key=convert.key_to_pb(created.key), secret=created.raw_key)
+        return pb.CreateKeyResponse(key=self._key(created.key), secret=created.raw_key)
+
+    def _key(self, key: ApiKey) -> pb.Key:
+        return convert.key_to_pb(key, self._service.now())
 
     @_rpc
     async def GetKey(self, request: pb.GetKeyRequest, call: Call) -> pb.Key:
-        return convert.key_to_pb(await self._service.get_key(request.account_id, request.id))
+        return self._key(await self._service.get_key(request.account_id, request.id))
 
     @_rpc
     async def ListKeys(self, request: pb.ListKeysRequest, call: Call) -> pb.ListKeysResponse:
@@ -95,14 +104,45 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
             status=convert.status_from_pb(request.status),
         )
         return pb.ListKeysResponse(
-            keys=[convert.key_to_pb(key) for key in page.keys],
+            keys=[self._key(key) for key in page.keys],
             next_page_token=page.next_page_token,
         )
 
     @_rpc
     async def RevokeKey(self, request: pb.RevokeKeyRequest, call: Call) -> pb.Key:
-        revoked = await self._service.revoke_key(request.account_id, request.id, call.actor)
-        return convert.key_to_pb(revoked)
+        revoked = await self._service.revoke_key(
+            request.account_id, request.id, call.actor, reason=request.reason
+        )
+        return self._key(revoked)
+
+    @_rpc
+    async def RollKey(self, request: pb.RollKeyRequest, call: Call) -> pb.RollKeyResponse:
+        rolled = await self._service.roll_key(
+            request.account_id, request.id, convert.grace_from_pb(request), call.actor
+        )
+        return pb.RollKeyResponse(
+            key=self._key(rolled.key), secret=rolled.raw_key, rolled=self._key(rolled.rolled)
+        )
+
+    @_rpc
+    async def UpdateKey(self, request: pb.UpdateKeyRequest, call: Call) -> pb.Key:
+        mask = request.update_mask if request.HasField("update_mask") else None
+        updated = await self._service.update_key(
+            request.key.account_id,
+            request.key.id,
+            convert.update_from_pb(request.key, mask),
+            call.actor,
+        )
+        return self._key(updated)
+
+    @_rpc
+    async def RevokeLeakedKeys(
+        self, request: pb.RevokeLeakedKeysRequest, call: Call
+    ) -> pb.RevokeLeakedKeysResponse:
+        results = await self._service.revoke_leaked_keys(request.keys, request.source, call.actor)
+        return pb.RevokeLeakedKeysResponse(
+            results=[convert.leaked_key_to_pb(leaked) for leaked in results]
+        )
 
     @_rpc
     async def Authorize(self, request: pb.AuthorizeRequest, call: Call) -> pb.AuthorizeResponse:
@@ -110,6 +150,7 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
             request.api_key,
             request.required_scopes,
             convert.mode_from_pb(request.required_mode, "required_mode", required=False),
+            request.client_ip,
         )
         return convert.decision_to_pb(decision)
 

@@ -59,7 +59,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--address-file",
         type=Path,
         help="once listening, write the address (HOST:PORT) to this file, for process managers"
-        " and tests that start keysvc on port 0",
+        " and tests that start keysvc on port 0; with --http-listen, the HTTP listener's URL"
+        " on a second line",
     )
     # A peer or a log reader going away must not kill the server.
     serve.set_defaults(run=_serve, ignores_sigpipe=True)

@@ -3,6 +3,7 @@
     KeysvcError
     ├── InvalidArgument    the request is malformed: the message says what is wrong
     ├── NotFound           no such key in this account (also: it is another account's)
+    ├── FailedPrecondition the key's state forbids the call (rolling a revoked key, say)
     ├── Unauthenticated    no valid admin credential
     ├── PermissionDenied   a valid credential that may not call this RPC
     └── Unavailable        a backend (database, cache) cannot answer now; retry later
@@ -23,6 +24,10 @@ class InvalidArgument(KeysvcError):
 
 class NotFound(KeysvcError):
     """No such key in this account."""
+
+
+class FailedPrecondition(KeysvcError):
+    """The key exists but its state forbids the change: revoked or expired keys are final."""
 
 
 class Unauthenticated(KeysvcError):

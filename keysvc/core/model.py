@@ -7,6 +7,9 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from keysvc.core import networks
+from keysvc.core.networks import Network
+
 
 class Mode(enum.Enum):
     LIVE = "live"
@@ -16,6 +19,8 @@ class Mode(enum.Enum):
 class KeyStatus(enum.Enum):
     ACTIVE = "active"
     REVOKED = "revoked"
+    # Past its expire_time: like a revoked key, it never works again.
+    EXPIRED = "expired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +36,19 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+    # None: never expires.
+    expire_time: datetime | None = None
+    # Normalized addresses and CIDR ranges (keysvc.core.networks); empty: any address.
+    allowed_ips: tuple[str, ...] = ()
+    # Why it was revoked, if a reason was given.
+    revocation_reason: str | None = None
 
-    @property
-    def status(self) -> KeyStatus:
-        return KeyStatus.ACTIVE if self.revoked_at is None else KeyStatus.REVOKED
+    def status_at(self, now: datetime) -> KeyStatus:
+        if self.revoked_at is not None:
+            return KeyStatus.REVOKED
+        if self.expire_time is not None and self.expire_time <= now:
+            return KeyStatus.EXPIRED
+        return KeyStatus.ACTIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,59 @@ class CreatedKey:
 
     key: ApiKey
     raw_key: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RolledKey:
+    """The new key of a roll with its raw key, and the old key as the roll left it."""
+
+    key: ApiKey
+    raw_key: str = field(repr=False)
+    rolled: ApiKey
+
+
+# The fields UpdateKey may change, by their names in the contract.
+UPDATABLE_FIELDS = ("name", "scopes", "allowed_ips", "expire_time")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUpdate:
+    """Which of a key's fields to change (`fields`, a subset of UPDATABLE_FIELDS), and
+    their new values; the values of fields not named are ignored."""
+
+    fields: frozenset[str]
+    name: str = ""
+    scopes: tuple[str, ...] = ()
+    allowed_ips: tuple[str, ...] = ()
+    expire_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """One field an update changed, as text for the audit trail (never a secret)."""
+
+    field: str
+    before: str
+    after: str
+
+
+class LeakOutcome(enum.Enum):
+    # A real key, active until now: revoked.
+    REVOKED = "revoked"
+    # A real key, revoked or expired before.
+    ALREADY_REVOKED = "already_revoked"
+    # Not a keysvc key, or no key with that id and secret.
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class LeakedKey:
+    """What RevokeLeakedKeys did with one raw key; never holds the raw key itself."""
+
+    prefix: str
+    outcome: LeakOutcome
+    key_id: str | None = None
+    account_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +130,9 @@ class Cursor:
 class AuditAction(enum.Enum):
     KEY_CREATED = "key_created"
     KEY_REVOKED = "key_revoked"
+    KEY_ROLLED = "key_rolled"
+    KEY_UPDATED = "key_updated"
+    KEY_LEAK_REVOKED = "key_leak_revoked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +145,9 @@ class Actor:
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
-    """One entry of an account's audit trail: a key created or revoked, by whom, when."""
+    """One entry of an account's audit trail: a key created, rolled, updated or revoked, by
+    whom, when; `reason` is a revocation's reason or where a leaked key was found,
+    `related_key_id` a roll's new key, `changes` what an update changed."""
 
     id: str
     account_id: str
@@ -84,6 +156,9 @@ class AuditEvent:
     actor: str
     peer: str
     occurred_at: datetime
+    reason: str = ""
+    related_key_id: str = ""
+    changes: tuple[FieldChange, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +176,8 @@ class KeyGrant:
     digest stays proof of the secret for good; a grant without one (a revocation marker)
     refuses the key but proves no secret. `seq` is the position in the change log
     (keysvc.usecases.change_log) the grant's state was read at: a change of the key logged after
-    `seq` makes the grant stale.
+    `seq` makes the grant stale. `expire_time` and `allowed_ips` travel with the grant, so
+    that expiry and address checks need no store read.
     """
 
     key_id: str
@@ -111,6 +187,8 @@ class KeyGrant:
     revoked: bool
     seq: int = 0
     digest: bytes | None = field(default=None, repr=False)
+    expire_time: datetime | None = None
+    allowed_ips: tuple[Network, ...] = ()
 
     @classmethod
     def of(cls, key: ApiKey, *, seq: int, digest: bytes | None = None) -> KeyGrant:
@@ -123,12 +201,17 @@ class KeyGrant:
             revoked=key.revoked_at is not None,
             seq=seq,
             digest=digest,
+            expire_time=key.expire_time,
+            allowed_ips=networks.parsed(key.allowed_ips),
         )
 
 
 class ChangeKind(enum.Enum):
     CREATED = "created"
     REVOKED = "revoked"
+    # Anything else about the key changed (an update, a roll's new expiry): grants read
+    # before it are stale, whether the change narrowed the key or widened it.
+    UPDATED = "updated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +231,15 @@ class Reason(enum.Enum):
     REVOKED = "revoked"
     INSUFFICIENT_SCOPE = "insufficient_scope"
     WRONG_MODE = "wrong_mode"
+    EXPIRED = "expired"
+    IP_NOT_ALLOWED = "ip_not_allowed"
 
 
 _HTTP_STATUS = {
     Reason.ALLOWED: 200,
     Reason.INSUFFICIENT_SCOPE: 403,
     Reason.WRONG_MODE: 403,
+    Reason.IP_NOT_ALLOWED: 403,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from datetime import datetime, timedelta
 
 from keysvc.core import keys
 from keysvc.core.errors import InvalidArgument
@@ -34,7 +35,7 @@ def name(value: str) -> str:
         raise InvalidArgument("name: required, e.g. 'Production server'")
     if len(value) > NAME_MAX:
         raise InvalidArgument(f"name: at most {NAME_MAX} characters, got {len(value)}")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in value):
+    if _has_invisible(value):
         raise InvalidArgument("name: must not contain control or invisible characters")
     return value
 
@@ -55,3 +56,62 @@ def page_size(value: int) -> int:
     if value > PAGE_SIZE_MAX:
         raise InvalidArgument(f"page_size: at most {PAGE_SIZE_MAX}, got {value}")
     return value or PAGE_SIZE_DEFAULT
+
+
+REASON_MAX = 200
+SOURCE_MAX = 2000
+MAX_GRACE = timedelta(days=7)
+MAX_LEAKED_KEYS = 100
+
+
+def reason(value: str) -> str:
+    """A revocation's reason: free text, e.g. "compromised"; empty when none is given."""
+    value = value.strip()
+    if len(value) > REASON_MAX:
+        raise InvalidArgument(f"reason: at most {REASON_MAX} characters, got {len(value)}")
+    if _has_invisible(value):
+        raise InvalidArgument("reason: must not contain control or invisible characters")
+    return value
+
+
+def source(value: str) -> str:
+    """Where leaked keys were found: a URL or a description."""
+    value = value.strip()
+    if len(value) > SOURCE_MAX:
+        raise InvalidArgument(f"source: at most {SOURCE_MAX} characters, got {len(value)}")
+    if _has_invisible(value):
+        raise InvalidArgument("source: must not contain control or invisible characters")
+    return value
+
+
+def _has_invisible(value: str) -> bool:
+    return any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in value)
+
+
+def expire_time(value: datetime | None, now: datetime) -> datetime | None:
+    """A key's expire_time: in the future, or None for never."""
+    if value is not None and value <= now:
+        raise InvalidArgument(
+            f"expire_time: must be in the future, got {value.isoformat()}"
+            f" (now is {now.isoformat()})"
+        )
+    return value
+
+
+def grace(value: timedelta) -> timedelta:
+    """How long a rolled key keeps working: 0 (revoke at once) up to MAX_GRACE."""
+    if value < timedelta(0):
+        raise InvalidArgument(f"grace: must not be negative, got {value.total_seconds():g}s")
+    if value > MAX_GRACE:
+        raise InvalidArgument(
+            f"grace: at most {MAX_GRACE.days} days, got {value.total_seconds():g}s"
+        )
+    return value
+
+
+def leaked_keys(values: list[str]) -> list[str]:
+    if not values:
+        raise InvalidArgument("keys: required, the raw keys that leaked")
+    if len(values) > MAX_LEAKED_KEYS:
+        raise InvalidArgument(f"keys: at most {MAX_LEAKED_KEYS} per call, got {len(values)}")
+    return values

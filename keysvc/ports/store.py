@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from keysvc.core.model import Actor, ApiKey, AuditEvent, Change, Cursor, KeyStatus, Mode
+from keysvc.core.model import (
+    Actor,
+    ApiKey,
+    AuditAction,
+    AuditEvent,
+    Change,
+    Cursor,
+    KeyStatus,
+    KeyUpdate,
+    Mode,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +47,28 @@ class Revocation:
     seq: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Roll:
+    """What a roll did: the old key before and after it, the new key, and the positions of
+    their changes in the change log. `key` is None (and nothing was written) when the old
+    key was not active."""
+
+    old: ApiKey
+    rolled: ApiKey
+    key: ApiKey | None
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """A key before and after an update; `seq` is None when nothing was written (the key
+    was not active, or the update changed nothing)."""
+
+    before: ApiKey
+    after: ApiKey
+    seq: int | None
+
+
 class KeyIdTaken(Exception):
     """A new key's id collides with a stored one (vanishingly rare); the caller draws another."""
 
@@ -57,13 +89,46 @@ class KeyStore(Protocol):
         after: Cursor | None,
         mode: Mode | None,
         status: KeyStatus | None,
+        now: datetime,
     ) -> list[ApiKey]:
-        """The account's keys newest first, starting after `after`."""
+        """The account's keys newest first, starting after `after`; `status` as of `now`."""
 
-    def revoke(self, account_id: str, key_id: str, at: datetime, actor: Actor) -> Revocation | None:
-        """Marks the key revoked at `at` unless it already is, and only then records its
-        key_revoked event by `actor` and its change, in the same transaction. None when the
-        account has no such key."""
+    def revoke(
+        self,
+        account_id: str,
+        key_id: str,
+        at: datetime,
+        actor: Actor,
+        *,
+        reason: str = "",
+        action: AuditAction = AuditAction.KEY_REVOKED,
+        source: str = "",
+    ) -> Revocation | None:
+        """Marks the key revoked at `at` with `reason` unless it already is, and only then
+        records its `action` event by `actor` (with `source`, else `reason`) and its change,
+        in the same transaction. None when the account has no such key."""
+
+    def roll(
+        self,
+        account_id: str,
+        key_id: str,
+        new_key: ApiKey,
+        verifier: str,
+        until: datetime,
+        actor: Actor,
+    ) -> Roll | None:
+        """In one transaction, if the old key is active at `new_key.created_at`: stores
+        `new_key` with the old key's name, mode, scopes, allowed IPs and expiry; makes the old
+        key expire at `until` unless it expires sooner anyway, or revokes it (reason "rolled")
+        when `until` is not after the roll; records the roll and the creation, and logs both
+        changes. None when the account has no such key; raises KeyIdTaken on an id collision."""
+
+    def update(
+        self, account_id: str, key_id: str, update: KeyUpdate, at: datetime, actor: Actor
+    ) -> Update | None:
+        """Applies `update` to the key if it is active at `at` and the update changes anything,
+        recording the changed fields and logging the change, in one transaction. None when
+        the account has no such key."""
 
     def list_audit_events(
         self, account_id: str, *, limit: int, after: Cursor | None
@@ -76,8 +141,9 @@ class KeyStore(Protocol):
     def changes_after(self, seq: int, *, limit: int) -> builtins.list[Change]:
         """Up to `limit` changes logged after `seq`, oldest first."""
 
-    def latest_revocations(self, *, limit: int) -> builtins.list[Change]:
-        """The `limit` most recent revocations (or every one, if fewer), oldest first."""
+    def latest_changes(self, *, limit: int) -> builtins.list[Change]:
+        """The `limit` most recent changes other than creations (or every one, if fewer),
+        oldest first: what can make a cached grant stale."""
 
     def log_head(self) -> int:
         """The seq of the latest change logged (0 when none is)."""

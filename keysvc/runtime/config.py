@@ -43,6 +43,11 @@ class Settings:
     tls_client_ca: Path | None = None
     # Allows a non-loopback listener without TLS.
     insecure: bool = False
+    # An HTTP listener for GitHub secret scanning alerts (keysvc.api.github); None: none.
+    http_listen: str | None = None
+    # GitHub's secret scanning public keys, as api.github.com/meta/public_keys/secret_scanning
+    # serves them; required with http_listen.
+    github_keys_file: Path | None = None
     # None: the token generated into data_dir/admin-token at first start.
     admin_token: str | None = field(default=None, repr=False)
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
@@ -178,6 +183,18 @@ SERVE_OPTIONS = (
         "allow a non-loopback listener without TLS (traffic in clear text)",
         _true,
         is_flag=True,
+    ),
+    _Option(
+        "--http-listen",
+        "KEYSVC_HTTP_LISTEN",
+        "HOST:PORT to serve GitHub secret scanning alerts on (HTTP, TLS as --tls-cert)",
+    ),
+    _Option(
+        "--github-keys-file",
+        "KEYSVC_GITHUB_KEYS_FILE",
+        "JSON of GitHub's secret scanning public keys"
+        " (api.github.com/meta/public_keys/secret_scanning)",
+        Path,
     ),
 )
 MIGRATE_OPTIONS = (_DATA_DIR, _DATABASE)

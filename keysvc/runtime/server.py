@@ -21,7 +21,7 @@ from keysvc.api.servicer import KeyServiceServicer
 from keysvc.core.errors import StartupError, Unavailable
 from keysvc.ports.store import KeyStore
 from keysvc.ports.workers import Workers
-from keysvc.runtime import security
+from keysvc.runtime import http_listener, security
 from keysvc.runtime.build import PRODUCTION, Keysvc, Seams, built
 from keysvc.runtime.config import Settings
 
@@ -38,6 +38,8 @@ class Serving:
     address: str
     port: int
     keysvc: Keysvc
+    # The --http-listen listener (GitHub secret scanning) as http[s]://HOST:PORT; None: none.
+    http_url: str | None = None
 
 
 def _transport(settings: Settings) -> str:
@@ -95,6 +97,7 @@ async def running(settings: Settings, *, seams: Seams = PRODUCTION) -> AsyncIter
     """Serves until the block exits, then shuts down gracefully; yields where it listens."""
     credentials = security.server_credentials(settings)
     security.check_health_listen(settings)
+    http = http_listener.configured(settings)
     gate = security.gate(settings)
     async with built(settings, seams=seams) as keysvc:
         server = grpc.aio.server(
@@ -135,13 +138,20 @@ async def running(settings: Settings, *, seams: Seams = PRODUCTION) -> AsyncIter
         )
         log.info("transport: %s", _transport(settings))
         log.info("keysvc listening on %s", address)
+        http_server = (
+            None if http is None else http_listener.HttpServer(http, keysvc.admin, settings)
+        )
         try:
-            yield Serving(address=address, port=port, keysvc=keysvc)
+            http_url = None if http_server is None else await http_server.start()
+            yield Serving(address=address, port=port, keysvc=keysvc, http_url=http_url)
         finally:
             log.info("shutting down: refusing new calls, finishing in-flight ones")
             watch.cancel()
             await health_servicer.enter_graceful_shutdown()
-            await server.stop(settings.shutdown_grace_seconds)
+            await asyncio.gather(
+                server.stop(settings.shutdown_grace_seconds),
+                *([] if http_server is None else [http_server.stop()]),
+            )
             if health_server is not None:
                 await health_server.stop(0)
     log.info("keysvc stopped")
@@ -149,7 +159,9 @@ async def running(settings: Settings, *, seams: Seams = PRODUCTION) -> AsyncIter
 
 async def serve(settings: Settings, *, address_file: Path | None = None) -> None:
     """Runs until SIGTERM or SIGINT. `address_file`, if given, receives the address the server
-    listens on once it does (written whole, then renamed into place)."""
+    listens on once it does (written whole, then renamed into place): the gRPC HOST:PORT on
+    the first line, and with --http-listen the HTTP listener's http[s]://HOST:PORT on the
+    second."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -157,6 +169,7 @@ async def serve(settings: Settings, *, address_file: Path | None = None) -> None
     async with running(settings) as serving:
         if address_file is not None:
             partial = address_file.with_name(address_file.name + ".partial")
-            partial.write_text(serving.address + "\n")
+            lines = [serving.address, *([serving.http_url] if serving.http_url else [])]
+            partial.write_text("".join(f"{line}\n" for line in lines))
             partial.replace(address_file)
         await stop.wait()

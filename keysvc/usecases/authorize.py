@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from keysvc.core import hashing, keys, scopes
+from keysvc.core import hashing, keys, networks, scopes
 from keysvc.core.clock import Clock, utc_now
 from keysvc.core.errors import Unavailable
 from keysvc.core.model import Decision, KeyGrant, Mode, Reason
@@ -98,6 +98,7 @@ class Authorizer:
         api_key: str,
         required_scopes: Iterable[str] = (),
         required_mode: Mode | None = None,
+        client_ip: str = "",
     ) -> Decision:
         arrived = self._log.now()
         required = scopes.required(required_scopes)
@@ -120,15 +121,16 @@ class Authorizer:
                 return await self._wrong_secret(parsed.key_id, digest)
             # Should the cache let the key go, guesses at it will not lock it out here.
             self._throttle.prove(parsed.key_id, digest)
-            # A revocation is final; anything else decides only while it is current.
+            # A revocation is final; anything else decides only while it is current (an
+            # expiry too: an update may have moved it since the grant was read).
             if grant.revoked or self._log.current(grant):
-                return self._decide(grant, required, required_mode)
+                return self._decide(grant, required, required_mode, client_ip)
             proven = True
         fresh = await self._read_and_verify(parsed, digest, arrived, proven=proven)
         if fresh is None:
             await self._slow_down_guesses(parsed.key_id, digest)
             return Decision(Reason.NOT_FOUND)
-        return self._decide(fresh, required, required_mode)
+        return self._decide(fresh, required, required_mode, client_ip)
 
     async def _wrong_secret(self, key_id: str, digest: bytes) -> Decision:
         """A wrong secret for a cached key: counted against the key id like a failed argon2."""
@@ -147,12 +149,21 @@ class Authorizer:
             await self._sleep(self._throttle_delay)
 
     def _decide(
-        self, grant: KeyGrant, required: frozenset[str], required_mode: Mode | None
+        self,
+        grant: KeyGrant,
+        required: frozenset[str],
+        required_mode: Mode | None,
+        client_ip: str,
     ) -> Decision:
         if grant.revoked:
             return Decision(Reason.REVOKED, grant)
-        # The key authenticated, whatever the scopes say about this request.
-        self._recorder.record(grant.key_id, self._clock())
+        now = self._clock()
+        if grant.expire_time is not None and grant.expire_time <= now:
+            return Decision(Reason.EXPIRED, grant)
+        # The key authenticated, whatever the address, mode and scopes say about this request.
+        self._recorder.record(grant.key_id, now)
+        if grant.allowed_ips and not networks.allows(grant.allowed_ips, client_ip):
+            return Decision(Reason.IP_NOT_ALLOWED, grant)
         if required_mode is not None and grant.mode is not required_mode:
             return Decision(Reason.WRONG_MODE, grant)
         missing = required - grant.scopes

@@ -125,12 +125,12 @@ class ChangeLog:
             _, seq = self._changed.popitem(last=False)
             self._floor = max(self._floor, seq)
 
-    def start(self, *, head: int, revocations: Sequence[Change], floor: int) -> None:
-        """Starts from the log's head, knowing the latest revocations before it; grants read
-        below `floor` are stale (revocations before it were not loaded)."""
+    def start(self, *, head: int, changes: Sequence[Change], floor: int) -> None:
+        """Starts from the log's head, knowing the latest changes (revocations, updates) before
+        it; grants read below `floor` are stale (changes before it were not loaded)."""
         self.cursor = max(self.cursor, head)
         self._floor = max(self._floor, floor)
-        self.note(revocations)
+        self.note(changes)
 
     def add_known(self, key_ids: Iterable[str]) -> None:
         """Key ids that exist (read from the keys themselves at start)."""
@@ -212,16 +212,14 @@ class ChangeFollower:
         self._min_gap = min_gap_seconds
         self._failing = False
 
-    async def load(self, *, max_revocations: int = 100_000) -> None:
-        """Reads what a new replica starts from: the head, recent revocations, every key id."""
+    async def load(self, *, max_changes: int = 100_000) -> None:
+        """Reads what a new replica starts from: the head, recent changes, every key id."""
         read_at = self._log.now()
         head = await self._workers.feed(self._store.log_head)
-        revocations = await self._workers.feed(
-            self._store.latest_revocations, limit=max_revocations
-        )
+        changes = await self._workers.feed(self._store.latest_changes, limit=max_changes)
         # Fewer than asked for: every revocation there ever was is known.
-        floor = 0 if len(revocations) < max_revocations else revocations[0].seq - 1
-        self._log.start(head=head, revocations=revocations, floor=floor)
+        floor = 0 if len(changes) < max_changes else changes[0].seq - 1
+        self._log.start(head=head, changes=changes, floor=floor)
         after = ""
         while True:
             page = await self._workers.feed(self._store.key_ids, after=after, limit=self._batch)

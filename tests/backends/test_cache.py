@@ -120,7 +120,7 @@ class TestRedis:
         [
             # The layout before grants were authenticated, and a made-up grant in this one.
             b'A{"k":"a1B2c3D4e5F6","a":"acct_x","m":"live","s":["links:write"],"d":null}',
-            b'2{"k":"a1B2c3D4e5F6","a":"acct_x","m":"live","s":["links:write"],"r":false,'
+            b'3{"k":"a1B2c3D4e5F6","a":"acct_x","m":"live","s":["links:write"],"r":false,'
             b'"q":99,"d":null}' + b"0" * 32,
             GrantCodec(secrets.token_bytes(32)).encode(_grant()),
         ],
@@ -153,7 +153,7 @@ class TestRedis:
         """Whoever writes to the cache cannot flood the log: one report a minute, counted."""
         client = redis.Redis.from_url(shared_redis.url)
         for n in range(20):
-            client.set(f"{prefix}grant:forgedKey{n:03d}", b"2{}" + b"0" * 32)
+            client.set(f"{prefix}grant:forgedKey{n:03d}", b"3{}" + b"0" * 32)
         client.close()
         cache = RedisKeyCache(shared_redis.url, CODEC, namespace=prefix)
         try:

@@ -354,7 +354,7 @@ class TestValuesWrittenIntoRedis:
         cache = Cache(private_redis.url)
         for value in (
             b"A" + json.dumps(body).encode(),
-            b"2" + json.dumps({**body, "r": False, "q": 10**9}).encode() + b"0" * 32,
+            b"3" + json.dumps({**body, "r": False, "q": 10**9}).encode() + b"0" * 32,
         ):
             cache.put_raw(key_id, value)
             assert _decisions([server], made_up) == {NOT_FOUND}

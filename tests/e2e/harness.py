@@ -150,6 +150,9 @@ class ServerProcess:
         self.credentials = credentials
         self.target = ""
         self.admin_token = ""
+        # With --http-listen: the HTTP listener's http[s]://HOST:PORT (the address file's
+        # second line); "" without.
+        self.http_url = ""
 
     # -- state --------------------------------------------------------------------------
 
@@ -258,11 +261,12 @@ class ServerProcess:
             ) from None
 
     def wait_until_ready(self) -> None:
-        address = poll(self._bound_address, timeout=START_TIMEOUT, what="the address file")
+        address, *http = poll(self._bound_address, timeout=START_TIMEOUT, what="the address file")
         host, _, port = address.rpartition(":")
         # A server bound to every interface is reached over loopback only.
         host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
         self.target = f"{host}:{port}"
+        self.http_url = http[0] if http else ""
         poll(self._serving, timeout=START_TIMEOUT, what="health SERVING")
         token = self.env.get("KEYSVC_ADMIN_TOKEN")
         token_file = self.data_dir / "admin-token"
@@ -271,9 +275,10 @@ class ServerProcess:
             token = token_file.read_text().strip()
         self.admin_token = token or ""
 
-    def _bound_address(self) -> str | None:
+    def _bound_address(self) -> list[str] | None:
+        """The address file's lines: the gRPC address, then the HTTP listener's URL if any."""
         if self.address_path.exists():
-            return self.address_path.read_text().strip()
+            return self.address_path.read_text().split()
         if not self.running:
             raise AssertionError(
                 f"keysvc exited with {self.process.returncode} before listening;"

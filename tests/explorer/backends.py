@@ -25,15 +25,17 @@ from keysvc.core.hashing import Verifier
 from keysvc.core.model import (
     Actor,
     ApiKey,
+    AuditAction,
     AuditEvent,
     Change,
     ChangeKind,
     Cursor,
     KeyGrant,
     KeyStatus,
+    KeyUpdate,
     Mode,
 )
-from keysvc.ports.store import Revocation, StoredKey
+from keysvc.ports.store import Revocation, Roll, StoredKey, Update
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,9 +63,11 @@ class FakeStore:
         self._time = loop_time
         self.keys: dict[str, StoredKey] = {}
         self.changes: list[Change] = []
-        # key id -> virtual time its revocation committed / its creation committed.
+        # key id -> virtual time its revocation committed / its creation committed / each
+        # update that removed a scope committed, with the scopes it removed.
         self.revoked_at: dict[str, float] = {}
         self.created_at: dict[str, float] = {}
+        self.narrowed_at: dict[str, list[tuple[float, frozenset[str]]]] = {}
         self._mac_key = b"explorer-mac-key-of-32-bytes!!!!"
 
     def _log(self, key_id: str, kind: ChangeKind) -> int:
@@ -76,16 +80,67 @@ class FakeStore:
         self.created_at[key.id] = self._time()
         return self._log(key.id, ChangeKind.CREATED)
 
-    def revoke(self, account_id: str, key_id: str, at: datetime, actor: Actor) -> Revocation | None:
+    def revoke(
+        self,
+        account_id: str,
+        key_id: str,
+        at: datetime,
+        actor: Actor,
+        *,
+        reason: str = "",
+        action: AuditAction = AuditAction.KEY_REVOKED,
+        source: str = "",
+    ) -> Revocation | None:
         stored = self.keys.get(key_id)
         if stored is None or stored.key.account_id != account_id:
             return None
         if stored.key.revoked_at is not None:
             return Revocation(key=stored.key, seq=None)
-        key = dataclasses.replace(stored.key, revoked_at=at)
+        key = dataclasses.replace(stored.key, revoked_at=at, revocation_reason=reason or None)
         self.keys[key_id] = dataclasses.replace(stored, key=key)
         self.revoked_at[key_id] = self._time()
         return Revocation(key=key, seq=self._log(key_id, ChangeKind.REVOKED))
+
+    def roll(
+        self,
+        account_id: str,
+        key_id: str,
+        new_key: ApiKey,
+        verifier: str,
+        until: datetime,
+        actor: Actor,
+    ) -> Roll | None:
+        stored = self.keys.get(key_id)
+        if stored is None or stored.key.account_id != account_id:
+            return None
+        old = stored.key
+        if old.status_at(new_key.created_at) is not KeyStatus.ACTIVE:
+            return Roll(old=old, rolled=old, key=None, seqs=())
+        if until > new_key.created_at:
+            raise NotImplementedError("the explorer rolls with no grace: a revocation")
+        new_key = dataclasses.replace(new_key, scopes=old.scopes)
+        seqs = (self.insert(new_key, verifier, actor),)
+        revocation = self.revoke(account_id, key_id, new_key.created_at, actor, reason="rolled")
+        assert revocation is not None and revocation.seq is not None
+        return Roll(old=old, rolled=revocation.key, key=new_key, seqs=(*seqs, revocation.seq))
+
+    def update(
+        self, account_id: str, key_id: str, update: KeyUpdate, at: datetime, actor: Actor
+    ) -> Update | None:
+        stored = self.keys.get(key_id)
+        if stored is None or stored.key.account_id != account_id:
+            return None
+        before = stored.key
+        if before.status_at(at) is not KeyStatus.ACTIVE or set(update.fields) != {"scopes"}:
+            return Update(before=before, after=before, seq=None)
+        after = dataclasses.replace(before, scopes=update.scopes)
+        if after == before:
+            return Update(before=before, after=before, seq=None)
+        self.keys[key_id] = dataclasses.replace(stored, key=after)
+        removed = frozenset(before.scopes) - frozenset(after.scopes)
+        if removed:
+            self.narrowed_at.setdefault(key_id, []).append((self._time(), removed))
+        return Update(before=before, after=after, seq=self._log(key_id, ChangeKind.UPDATED))
 
     def get(self, account_id: str, key_id: str) -> ApiKey | None:
         stored = self.keys.get(key_id)
@@ -99,6 +154,7 @@ class FakeStore:
         after: Cursor | None,
         mode: Mode | None,
         status: KeyStatus | None,
+        now: datetime,
     ) -> builtins.list[ApiKey]:
         raise NotImplementedError("the explorer lists no keys")
 
@@ -119,9 +175,9 @@ class FakeStore:
     def changes_after(self, seq: int, *, limit: int) -> builtins.list[Change]:
         return self.changes[seq : seq + limit]
 
-    def latest_revocations(self, *, limit: int) -> builtins.list[Change]:
-        revocations = [c for c in self.changes if c.kind is ChangeKind.REVOKED]
-        return revocations[-limit:]
+    def latest_changes(self, *, limit: int) -> builtins.list[Change]:
+        changes = [c for c in self.changes if c.kind is not ChangeKind.CREATED]
+        return changes[-limit:]
 
     def log_head(self) -> int:
         return len(self.changes)
@@ -170,7 +226,7 @@ class FakeRedis:
             self.data[name] = value
 
     def forge(self, name: str) -> None:
-        self.data[name] = b"2" + self.rng.randbytes(40) + b"0" * 32
+        self.data[name] = b"3" + self.rng.randbytes(40) + b"0" * 32
 
 
 class FakeCache:

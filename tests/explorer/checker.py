@@ -3,7 +3,7 @@ docs/revocation.md forbid."""
 
 from __future__ import annotations
 
-from tests.explorer.schedule import History
+from tests.explorer.schedule import WRITE, History
 
 # Virtual time is exact; this only absorbs float rounding.
 EPSILON = 1e-9
@@ -25,19 +25,31 @@ def violations(history: History) -> list[str]:
         created = history.created_at.get(request.key_id)
         if created is None or created > request.decided + EPSILON:
             found.append(f"I3: {where} allowed a key not created yet")
-        # I2: the database's revocation holds everywhere within the lease.
+        # I2: the database's revocation, or its removal of a scope, holds everywhere within
+        # the lease.
         committed = history.revoked_at.get(request.key_id)
         if committed is not None and request.arrived > committed + history.lease + EPSILON:
             found.append(f"I2: {where} allowed, though its revocation committed at {committed:.4f}")
-        # I1: nothing sent after RevokeKey returned OK is allowed.
+        for narrowed, removed in history.narrowed_at.get(request.key_id, ()):
+            late = request.arrived > narrowed + history.lease + EPSILON
+            if late and request.scope in removed:
+                found.append(
+                    f"I2: {where} allowed {request.scope}, though its removal committed at"
+                    f" {narrowed:.4f}"
+                )
+        # I1: nothing sent after RevokeKey (or a roll without grace) returned OK is allowed,
+        # nor, after an UpdateKey removing a scope returned OK, anything needing that scope.
         for revocation in history.revocations:
             returned = revocation.returned
             same_key = revocation.key_id == request.key_id
-            if same_key and returned is not None and request.arrived > returned + EPSILON:
-                found.append(
-                    f"I1: {where} allowed, though RevokeKey returned OK at {returned:.4f}"
-                    f" (through replica {revocation.replica})"
-                )
+            if not same_key or returned is None or request.arrived <= returned + EPSILON:
+                continue
+            if revocation.call == "narrow" and request.scope != WRITE:
+                continue
+            found.append(
+                f"I1: {where} allowed {request.scope}, though {revocation.call} returned OK"
+                f" at {returned:.4f} (through replica {revocation.replica})"
+            )
     return found
 
 
@@ -46,11 +58,17 @@ def describe(history: History) -> str:
     lines = [f"seed {history.seed}, {history.setup}"]
     events: list[tuple[float, str]] = [(at, f"fault: {name}") for at, name in history.faults]
     events += [(at, f"revocation of {key} committed") for key, at in history.revoked_at.items()]
+    events += [
+        (at, f"removal of {', '.join(sorted(removed))} from {key} committed")
+        for key, narrowings in history.narrowed_at.items()
+        for at, removed in narrowings
+    ]
     for request in history.authorizations:
         events.append(
             (
                 request.arrived,
-                f"authorize {request.key_id} ({request.secret}) on replica {request.replica}"
+                f"authorize {request.key_id} ({request.secret}, {request.scope}) on replica"
+                f" {request.replica}"
                 f" -> {request.outcome} at {request.decided}",
             )
         )
@@ -58,7 +76,7 @@ def describe(history: History) -> str:
         events.append(
             (
                 revocation.called,
-                f"RevokeKey {revocation.key_id} on replica {revocation.replica}"
+                f"{revocation.call} {revocation.key_id} on replica {revocation.replica}"
                 f" -> {revocation.outcome} at {revocation.returned}",
             )
         )

@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import pytest
 
-from keysvc.core.model import Change, KeyGrant
+from keysvc.core.model import ApiKey, Change, ChangeKind, KeyGrant
 from keysvc.ports.store import StoredKey
+from keysvc.usecases import admin
 from keysvc.usecases.authorize import Authorizer
 from keysvc.usecases.change_log import ChangeLog
 from tests.explorer.checker import violations
@@ -75,9 +76,38 @@ def cursor_skips(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(ChangeLog, "note", noted)
 
 
+def updates_unlogged(patch: pytest.MonkeyPatch) -> None:
+    """A replica takes no notice of updates in the change log: only revocations make a cached
+    grant stale, as before keys could be narrowed."""
+    note = ChangeLog.note
+
+    def noted(self: ChangeLog, changes: list[Change]) -> None:
+        note(self, [change for change in changes if change.kind is not ChangeKind.UPDATED])
+
+    patch.setattr(ChangeLog, "note", noted)
+
+
+def narrowing_no_wait(patch: pytest.MonkeyPatch) -> None:
+    """UpdateKey takes no change for a narrowing one, and returns as soon as a scope's removal
+    commits, without waiting out the lease."""
+
+    def narrows(before: ApiKey, after: ApiKey) -> bool:
+        return False
+
+    patch.setattr(admin, "narrows", narrows)
+
+
 MUTATIONS: dict[str, Mutation] = {
     mutation.__name__: mutation
-    for mutation in (no_wait, no_lease, no_change_check, shared_old_reads, cursor_skips)
+    for mutation in (
+        no_wait,
+        no_lease,
+        no_change_check,
+        shared_old_reads,
+        cursor_skips,
+        updates_unlogged,
+        narrowing_no_wait,
+    )
 }
 
 

@@ -20,7 +20,7 @@ from keysvc.adapters.cache.memory import MemoryKeyCache
 from keysvc.adapters.cache.near import NearKeyCache
 from keysvc.core import keys
 from keysvc.core.errors import KeysvcError
-from keysvc.core.model import Actor, Mode
+from keysvc.core.model import Actor, KeyUpdate, Mode
 from keysvc.ports.cache import KeyCache
 from keysvc.runtime.build import Keysvc, Seams, assemble
 from keysvc.runtime.config import Settings
@@ -50,6 +50,7 @@ FAULTS = (
     "replica cut off from the store",
 )
 ACCOUNT = "acct_explorer"
+READ, WRITE = "links:read", "links:write"
 OPERATOR = Actor("explorer", "ipv4:127.0.0.1:1")
 
 
@@ -92,15 +93,21 @@ class Authorization:
     decided: float | None = None
     # "allowed", a refusal's reason, "error" (an RPC error), or "cancelled".
     outcome: str = "cancelled"
+    # The scope the request requires: every key starts with both, a narrowing removes WRITE.
+    scope: str = "links:read"
 
 
 @dataclass
 class Revocation:
+    """A call that takes something from a key: RevokeKey, RollKey with no grace (the old key
+    revoked), or UpdateKey removing WRITE ("narrow")."""
+
     replica: int
     key_id: str
     called: float
     returned: float | None = None  # when it returned OK
     outcome: str = "cancelled"
+    call: str = "revoke"
 
 
 @dataclass
@@ -114,6 +121,8 @@ class History:
     # From the store: when each key's creation and revocation committed (virtual time).
     created_at: dict[str, float] = field(default_factory=dict)
     revoked_at: dict[str, float] = field(default_factory=dict)
+    # When each update that removed scopes from a key committed, and which.
+    narrowed_at: dict[str, list[tuple[float, frozenset[str]]]] = field(default_factory=dict)
 
 
 class Simulation:
@@ -153,7 +162,7 @@ class Simulation:
         secrets: dict[str, str] = {}
         for n in range(self.setup.keys):
             created = await replicas[0].admin.create_key(
-                ACCOUNT, f"key {n}", Mode.LIVE, ["links:read"], OPERATOR
+                ACCOUNT, f"key {n}", Mode.LIVE, [READ, WRITE], OPERATOR
             )
             secrets[created.key.id] = created.raw_key
 
@@ -172,6 +181,7 @@ class Simulation:
                 await replica.stop()
         history.created_at = dict(store.created_at)
         history.revoked_at = dict(store.revoked_at)
+        history.narrowed_at = {key: list(at) for key, at in store.narrowed_at.items()}
         return history
 
     def _replica(
@@ -224,26 +234,46 @@ class Simulation:
                 elif kind == "made-up":
                     key_id = keys.new_key_id()
                     api_key = keys.generate(Mode.LIVE, key_id)
-                record = Authorization(number, key_id, kind, arrived=loop.time())
+                scope = rng.choice((READ, WRITE))
+                record = Authorization(number, key_id, kind, arrived=loop.time(), scope=scope)
                 history.authorizations.append(record)
                 await self._attempt(
-                    replica.authorizer.authorize(api_key, ["links:read"]), patience, record
+                    replica.authorizer.authorize(api_key, [scope]), patience, record
                 )
-            elif roll < 0.85:
+            elif roll < 0.8:
                 revocation = Revocation(number, key_id, called=loop.time())
                 history.revocations.append(revocation)
                 await self._attempt(
                     replica.admin.revoke_key(ACCOUNT, key_id, OPERATOR), patience, revocation
                 )
+            elif roll < 0.86:
+                narrowing = Revocation(number, key_id, called=loop.time(), call="narrow")
+                history.revocations.append(narrowing)
+                read_only = KeyUpdate(frozenset({"scopes"}), scopes=(READ,))
+                await self._attempt(
+                    replica.admin.update_key(ACCOUNT, key_id, read_only, OPERATOR),
+                    patience,
+                    narrowing,
+                )
+            elif roll < 0.89:
+                rolling = Revocation(number, key_id, called=loop.time(), call="roll")
+                history.revocations.append(rolling)
+                await self._attempt(self._roll(replica, key_id, secrets), patience, rolling)
             elif roll < 0.95:
                 with contextlib.suppress(KeysvcError, TimeoutError):
                     async with asyncio.timeout(patience):
                         created = await replica.admin.create_key(
-                            ACCOUNT, "another", Mode.LIVE, ["links:read"], OPERATOR
+                            ACCOUNT, "another", Mode.LIVE, [READ, WRITE], OPERATOR
                         )
                         secrets[created.key.id] = created.raw_key
             else:
                 await asyncio.sleep(rng.choice((0.1, 0.5, LEASE, 2 * LEASE)))
+
+    @staticmethod
+    async def _roll(replica: Keysvc, key_id: str, secrets: dict[str, str]) -> None:
+        """RollKey with no grace: the old key revoked, the new one used from then on."""
+        rolled = await replica.admin.roll_key(ACCOUNT, key_id, timedelta(0), OPERATOR)
+        secrets[rolled.key.id] = rolled.raw_key
 
     @staticmethod
     async def _attempt(

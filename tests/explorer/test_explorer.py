@@ -3,6 +3,7 @@ cases over fault-injecting backends, every history judged by the checker."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -39,8 +40,8 @@ def _explore(seed: int) -> History:
 class TestExploredSchedules:
     def test_no_schedule_breaks_an_invariant(self) -> None:
         """Across every explored schedule, no request is allowed that I1, I2 or I3 forbids; and
-        the schedules did what exploring needs: allowed requests, revocations, requests refused
-        after them, and every kind of fault."""
+        the schedules did what exploring needs: allowed requests, revocations and scope
+        removals, requests refused after them, and every kind of fault."""
         totals: Counter[str] = Counter()
         for seed in range(SCHEDULES):
             history = _explore(seed)
@@ -51,10 +52,16 @@ class TestExploredSchedules:
             totals["refused after a revocation committed"] += sum(
                 a.outcome == "Reason.REVOKED" for a in history.authorizations
             )
+            totals["scope removals committed"] += sum(map(len, history.narrowed_at.values()))
+            totals["refused a removed scope"] += sum(
+                a.outcome == "Reason.INSUFFICIENT_SCOPE" for a in history.authorizations
+            )
             totals.update(name for _, name in history.faults if not name.startswith("end of"))
         assert totals["allowed"] > 10 * SCHEDULES, totals
         assert totals["revocations committed"] > SCHEDULES, totals
         assert totals["refused after a revocation committed"] > SCHEDULES, totals
+        assert totals["scope removals committed"] > SCHEDULES // 2, totals
+        assert totals["refused a removed scope"] > SCHEDULES, totals
         assert set(FAULTS) <= set(totals), totals
 
     def test_a_seed_replays_its_schedule(self) -> None:
@@ -99,6 +106,16 @@ class TestTheChecker:
     def test_a_wrong_secret_or_a_key_never_created(self) -> None:
         history = self._history(self._allowed(1.0, "wrong"), self._allowed(1.0, key_id="other"))
         assert [v[:3] for v in violations(history)] == ["I3:", "I3:"]
+
+    def test_a_removed_scope_after_the_update_returned(self) -> None:
+        """After an UpdateKey removing links:write returned: links:write allowed is I1, and a
+        lease after its commit I2; links:read stays fine."""
+        narrowed = Revocation(1, "key", called=1.0, returned=1.5, outcome="ok", call="narrow")
+        write = dataclasses.replace(self._allowed(2.1), scope="links:write")
+        history = self._history(write, self._allowed(2.2))
+        history.revocations = [narrowed]
+        history.narrowed_at = {"key": [(1.01, frozenset({"links:write"}))]}
+        assert [v[:3] for v in violations(history)] == ["I2:", "I1:"]
 
     def test_requests_before_the_revocation_returned_are_fine(self) -> None:
         revoked = Revocation(1, "key", called=1.0, returned=1.5, outcome="ok")

@@ -46,7 +46,7 @@ REGRESSIONS = [
         " read since the commit served the key's cached grant to a request sent afterwards.",
     ),
     Regression(
-        13,
+        3,
         "no_lease",
         "A cached grant trusted past the lease: a replica cut off from the store kept serving"
         " a grant from its cache long after the key was revoked.",
@@ -57,10 +57,23 @@ REGRESSIONS = [
         "A grant read before the key's revocation deciding requests after it.",
     ),
     Regression(
-        240,
+        2797,
         "shared_old_reads",
         "Under a slow store, a request sent after RevokeKey returned joined a store read begun"
         " before the revocation committed, and was allowed on what that read found.",
+    ),
+    Regression(
+        2,
+        "updates_unlogged",
+        "A replica that noticed only revocations in the change log kept deciding on a grant"
+        " read before UpdateKey removed a scope, and allowed that scope after the lease.",
+    ),
+    Regression(
+        3,
+        "narrowing_no_wait",
+        "UpdateKey removing a scope returned before the lease ran out: a replica whose change"
+        " log had not been read since the commit allowed the removed scope to a request sent"
+        " afterwards.",
     ),
 ]
 

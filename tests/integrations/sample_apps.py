@@ -6,7 +6,8 @@
     python -m uvicorn --factory tests.integrations.sample_apps:fastapi_app
     python -m tests.integrations.sample_apps flask --port 8000     (werkzeug, one thread)
 
-Each checks keys with the keysvc at KEYSVC_TARGET. Every handler answers
+Each checks keys with the keysvc at KEYSVC_TARGET, trusting the proxies in
+SAMPLE_TRUSTED_PROXIES (none unless set). Every handler answers
 {"handler": name, "key_id": ...} and notes its name (and a dependency's side effect) in a list
 that GET /_ran, outside the API, returns: a test can tell that a refused request ran nothing.
 
@@ -65,6 +66,18 @@ def _target() -> str:
 
 def _timeout() -> float:
     return float(os.environ.get("KEYSVC_TIMEOUT_SECONDS") or 5.0)
+
+
+def _guard_options() -> dict[str, Any]:
+    """The Guard's settings from the environment: its deadline, and the proxies trusted to
+    say where a request came from (SAMPLE_TRUSTED_PROXIES, comma-separated, in the header
+    SAMPLE_FORWARDED_HEADER)."""
+    proxies = os.environ.get("SAMPLE_TRUSTED_PROXIES", "")
+    return {
+        "timeout": _timeout(),
+        "trusted_proxies": [proxy for proxy in proxies.split(",") if proxy],
+        "forwarded_header": os.environ.get("SAMPLE_FORWARDED_HEADER") or "x-forwarded-for",
+    }
 
 
 if os.environ.get("SAMPLE_APPS_LOG"):
@@ -164,7 +177,7 @@ def _table_app(ran: list[str]) -> Starlette:
         middleware=[
             Middleware(
                 keysvc_starlette.KeysvcMiddleware,
-                guard=aio.Guard(_target(), timeout=_timeout()),
+                guard=aio.Guard(_target(), **_guard_options()),
                 routes=TABLE,
             )
         ],
@@ -202,7 +215,7 @@ STARLETTE_DECORATED = Sample(
 
 def starlette_decorated() -> Starlette:
     ran: list[str] = []
-    guard = aio.Guard(_target(), timeout=_timeout())
+    guard = aio.Guard(_target(), **_guard_options())
     requires = keysvc_starlette.requires
 
     def endpoint(name: str, *scopes: str) -> Callable[[Request], Any]:
@@ -266,7 +279,7 @@ class NewCustomer(BaseModel):
 
 def fastapi_app() -> fastapi.FastAPI:
     ran: list[str] = []
-    guard = aio.Guard(_target(), timeout=_timeout())
+    guard = aio.Guard(_target(), **_guard_options())
     requires = keysvc_fastapi.requires
     KeysvcRoute = keysvc_fastapi.KeysvcRoute
 
@@ -377,7 +390,7 @@ def flask_app(serving: bool = True) -> Any:
     """
     ran: list[str] = []
     seen_keys: list[str | None] = []  # what authorized_key() said once each request was done
-    guard = Guard(_target(), timeout=_timeout())
+    guard = Guard(_target(), **_guard_options())
     requires = keysvc_flask.requires
 
     api = flask.Flask("sample_api")
@@ -483,10 +496,11 @@ def flask_api(app: Any) -> flask.Flask:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve a WSGI sample app with werkzeug.")
     parser.add_argument("app", choices=["flask"])
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     # One thread, as gunicorn's sync workers serve: requests share the pushed app context.
-    run_simple("127.0.0.1", args.port, flask_app(), threaded=False, use_reloader=False)
+    run_simple(args.host, args.port, flask_app(), threaded=False, use_reloader=False)
     return 0
 
 

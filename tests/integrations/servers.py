@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -92,15 +93,23 @@ def _json(raw: bytes) -> Any:
         return raw.decode(errors="replace")
 
 
-def _env(keysvc_target: str) -> dict[str, str]:
+def _env(keysvc_target: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {
         "KEYSVC_TARGET": keysvc_target,
         "KEYSVC_TIMEOUT_SECONDS": str(TIMEOUT),
         "SAMPLE_APPS_LOG": "1",
+        **(extra or {}),
     }
 
 
-def _start(command: list[str], port: int, log_path: Path, env: Mapping[str, str]) -> SampleServer:
+def _start(
+    command: list[str],
+    port: int,
+    log_path: Path,
+    env: Mapping[str, str],
+    listening: socket.socket | None = None,
+) -> SampleServer:
+    """Starts `command`, handing it the `listening` socket if given, and waits for an answer."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,
@@ -109,7 +118,10 @@ def _start(command: list[str], port: int, log_path: Path, env: Mapping[str, str]
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            pass_fds=() if listening is None else (listening.fileno(),),
         )
+    if listening is not None:
+        listening.close()  # the server's own copy is the one that accepts
     served = SampleServer(process, port, log_path)
 
     def answering() -> bool:
@@ -132,26 +144,37 @@ def _start(command: list[str], port: int, log_path: Path, env: Mapping[str, str]
 
 @contextmanager
 def asgi(
-    factory: str, keysvc_target: str, directory: Path, *uvicorn_args: str
+    factory: str,
+    keysvc_target: str,
+    directory: Path,
+    *uvicorn_args: str,
+    host: str = "127.0.0.1",
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[SampleServer]:
-    """`uvicorn --factory tests.integrations.sample_apps:<factory>` on a free loopback port."""
+    """`uvicorn --factory tests.integrations.sample_apps:<factory>` on a free loopback port
+    (`host` "::" listens on every address, IPv4 and IPv6)."""
     port = free_port()
+    listening = None
+    if host == "::":
+        # uvicorn (asyncio) binds "::" to IPv6 only: it is handed a dual-stack socket instead.
+        listening = _dual_stack(port)
+        where = ["--fd", str(listening.fileno())]
+    else:
+        where = ["--host", host, "--port", str(port)]
     command = [
         sys.executable,
         "-m",
         "uvicorn",
         "--factory",
         f"tests.integrations.sample_apps:{factory}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        *where,
         "--lifespan",
         "on",  # a table that does not match the app stops the start, loudly
         "--no-access-log",
         *uvicorn_args,
     ]
-    served = _start(command, port, directory / f"{factory}-{port}.log", _env(keysvc_target))
+    log_path = directory / f"{factory}-{port}.log"
+    served = _start(command, port, log_path, _env(keysvc_target, env), listening)
     try:
         yield served
     finally:
@@ -159,12 +182,35 @@ def asgi(
 
 
 @contextmanager
-def wsgi(app: str, keysvc_target: str, directory: Path) -> Iterator[SampleServer]:
+def wsgi(
+    app: str,
+    keysvc_target: str,
+    directory: Path,
+    *,
+    host: str = "127.0.0.1",
+    env: Mapping[str, str] | None = None,
+) -> Iterator[SampleServer]:
     """`python -m tests.integrations.sample_apps <app>`: werkzeug, on a free loopback port."""
     port = free_port()
-    command = [sys.executable, "-m", "tests.integrations.sample_apps", app, "--port", str(port)]
-    served = _start(command, port, directory / f"{app}-{port}.log", _env(keysvc_target))
+    command = [sys.executable, "-m", "tests.integrations.sample_apps", app]
+    command += ["--host", host, "--port", str(port)]
+    log_path = directory / f"{app}-{port}.log"
+    served = _start(command, port, log_path, _env(keysvc_target, env))
     try:
         yield served
     finally:
         served.stop()
+
+
+def _dual_stack(port: int) -> socket.socket:
+    """A socket listening on `port` of every address, IPv4 (as IPv4-mapped IPv6) and IPv6."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("::", port))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -111,25 +111,31 @@ def async_handlers(ran: list[str]) -> Services:
     return {"links.v1.Links": links, "public.v1.Public": {"Ping": unary("Ping")}}
 
 
-def run_sync(keysvc_target: str, methods: Mapping[str, Any]) -> Iterator[LinksServer]:
-    guard = Guard(keysvc_target, timeout=TIMEOUT)
+def run_sync(
+    keysvc_target: str, methods: Mapping[str, Any], listen: str = "127.0.0.1", **guard: Any
+) -> Iterator[LinksServer]:
+    """A grpc.server on `listen` ("[::]": every address, IPv4 and IPv6) with a Guard of
+    `guard`'s settings."""
+    checker = Guard(keysvc_target, **{"timeout": TIMEOUT, **guard})
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
-        interceptors=[KeysvcInterceptor(guard, methods)],
+        interceptors=[KeysvcInterceptor(checker, methods)],
     )
     served = LinksServer("")
     register(server, sync_handlers(served.ran), served)
-    served.target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    served.target = f"127.0.0.1:{server.add_insecure_port(f'{listen}:0')}"
     server.start()
     yield served
     server.stop(None)
-    guard.close()
+    checker.close()
 
 
 def run_async(
     keysvc_target: str,
     methods: Mapping[str, Any],
     handlers: Callable[[list[str]], Services] = async_handlers,
+    listen: str = "127.0.0.1",
+    **guard: Any,
 ) -> Iterator[LinksServer]:
     """A grpc.aio server on an event loop of its own thread, as an asyncio API server runs.
 
@@ -142,11 +148,12 @@ def run_async(
     served = LinksServer("")
 
     async def start() -> grpc.aio.Server:
-        interceptor = AsyncKeysvcInterceptor(aio.Guard(keysvc_target, timeout=TIMEOUT), methods)
+        checker = aio.Guard(keysvc_target, **{"timeout": TIMEOUT, **guard})
+        interceptor = AsyncKeysvcInterceptor(checker, methods)
         pool = futures.ThreadPoolExecutor(max_workers=4) if handlers is sync_handlers else None
         server = grpc.aio.server(interceptors=[interceptor], migration_thread_pool=pool)
         register(server, handlers(served.ran), served)
-        served.target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        served.target = f"127.0.0.1:{server.add_insecure_port(f'{listen}:0')}"
         await server.start()
         return server
 
@@ -159,12 +166,12 @@ def run_async(
 
 
 def run_async_with_sync_handlers(
-    keysvc_target: str, methods: Mapping[str, Any]
+    keysvc_target: str, methods: Mapping[str, Any], listen: str = "127.0.0.1", **guard: Any
 ) -> Iterator[LinksServer]:
-    return run_async(keysvc_target, methods, sync_handlers)
+    return run_async(keysvc_target, methods, sync_handlers, listen, **guard)
 
 
-RUNNERS: dict[str, Callable[[str, Mapping[str, Any]], Iterator[LinksServer]]] = {
+RUNNERS: dict[str, Callable[..., Iterator[LinksServer]]] = {
     "grpc.server": run_sync,
     "grpc.aio.server": run_async,
     "grpc.aio.server+sync handlers": run_async_with_sync_handlers,

@@ -109,7 +109,7 @@ class TestCurrent:
         them."""
         clock = FakeMonotonic()
         change_log = ChangeLog(lease_seconds=LEASE, clock=clock)
-        change_log.start(head=30, revocations=[Change(25, "key_one", ChangeKind.REVOKED)], floor=24)
+        change_log.start(head=30, changes=[Change(25, "key_one", ChangeKind.REVOKED)], floor=24)
         change_log.apply([], read_at=clock())
         assert (change_log.cursor, change_log.current(_grant(seq=23))) == (30, False)
         assert change_log.current(_grant(seq=24))

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import UTC, datetime
 
 import pytest
 
 from keysvc.adapters.cache.codec import GrantCodec
+from keysvc.core import networks
 from keysvc.core.model import KeyGrant, Mode
 
 MAC_KEY = secrets.token_bytes(32)
@@ -31,8 +33,16 @@ def _grant(**changes: object) -> KeyGrant:
 class TestRoundTrip:
     @pytest.mark.parametrize(
         "grant",
-        [_grant(), _grant(revoked=True, digest=None), _grant(mode=Mode.TEST, scopes=frozenset())],
-        ids=["active", "revocation marker", "test key without scopes"],
+        [
+            _grant(),
+            _grant(revoked=True, digest=None),
+            _grant(mode=Mode.TEST, scopes=frozenset()),
+            _grant(
+                expire_time=datetime(2027, 1, 1, 12, 30, 15, 250000, tzinfo=UTC),
+                allowed_ips=networks.parsed(("10.0.0.0/8", "203.0.113.7", "2001:db8::/32")),
+            ),
+        ],
+        ids=["active", "revocation marker", "test key without scopes", "expiring, restricted"],
     )
     def test_decodes_what_it_encoded(self, grant: KeyGrant) -> None:
         """Every field, seq and digest included, survives the trip through the cache."""
@@ -52,6 +62,18 @@ class TestForgery:
         theirs = GrantCodec(secrets.token_bytes(32)).encode(_grant())
         assert GrantCodec(MAC_KEY).decode("a1B2c3D4e5F6", theirs) is None
 
+    def test_a_lifted_restriction_is_no_grant(self) -> None:
+        """Dropping an authentic value's allowed IPs or expiry breaks its tag."""
+        codec = GrantCodec(MAC_KEY)
+        restricted = _grant(
+            expire_time=datetime(2027, 1, 1, tzinfo=UTC),
+            allowed_ips=networks.parsed(("10.0.0.0/8",)),
+        )
+        value = codec.encode(restricted)
+        for lifted in (value.replace(b'["10.0.0.0/8"]', b"[]"), value.replace(b'"e":1', b'"e":2')):
+            assert lifted != value
+            assert codec.decode("a1B2c3D4e5F6", lifted) is None
+
     def test_a_widened_value_is_no_grant(self) -> None:
         """Editing the scopes (or anything else) of an authentic value breaks its tag."""
         codec = GrantCodec(MAC_KEY)
@@ -69,9 +91,9 @@ class TestForgery:
         "value",
         [
             b"",
-            b"2",
+            b"3",
             b"A" + b'{"k":"a1B2c3D4e5F6","a":"acct_1","m":"live","s":[],"d":null}',
-            b"2{}" + b"0" * 32,
+            b"3{}" + b"0" * 32,
             bytes(range(256)),
         ],
         ids=["empty", "version only", "older layout", "wrong tag", "binary"],

@@ -50,7 +50,7 @@ class TestCreateKey:
         assert key.prefix == keys.display_prefix(Mode.LIVE, key.id)
         assert created.raw_key.startswith(key.prefix)
         assert key.created_at == keysvc.clock.now
-        assert key.status is KeyStatus.ACTIVE
+        assert key.status_at(keysvc.clock.now) is KeyStatus.ACTIVE
         assert key.last_used_at is None and key.revoked_at is None
         parsed = keys.parse(created.raw_key)
         assert parsed is not None and (parsed.mode, parsed.key_id) == (Mode.LIVE, key.id)
@@ -155,7 +155,7 @@ class TestListKeys:
         await keysvc.admin.revoke_key("acct_1", second.key.id, ADMIN)
         page = await keysvc.admin.list_keys("acct_1")
         assert [k.id for k in page.keys] == [third.key.id, second.key.id, first.key.id]
-        assert [k.status for k in page.keys] == [
+        assert [k.status_at(keysvc.clock.now) for k in page.keys] == [
             KeyStatus.ACTIVE,
             KeyStatus.REVOKED,
             KeyStatus.ACTIVE,
@@ -245,7 +245,7 @@ class TestRevokeKey:
         """Revoking returns the key revoked at the current time, and the store agrees."""
         created = await _create(keysvc)
         revoked = await keysvc.admin.revoke_key("acct_1", created.key.id, ADMIN)
-        assert revoked.status is KeyStatus.REVOKED
+        assert revoked.status_at(keysvc.clock.now) is KeyStatus.REVOKED
         assert revoked.revoked_at == keysvc.clock.now
         assert await keysvc.admin.get_key("acct_1", created.key.id) == revoked
 
@@ -266,7 +266,9 @@ class TestRevokeKey:
         theirs = await _create(keysvc, account_id="acct_other")
         with pytest.raises(NotFound):
             await keysvc.admin.revoke_key("acct_1", theirs.key.id, ADMIN)
-        assert (await keysvc.admin.get_key("acct_other", theirs.key.id)).status is KeyStatus.ACTIVE
+        assert (await keysvc.admin.get_key("acct_other", theirs.key.id)).status_at(
+            keysvc.clock.now
+        ) is KeyStatus.ACTIVE
         assert (await keysvc.authorizer.authorize(theirs.raw_key)).reason is Reason.ALLOWED
         replica = await keysvc.replica()
         assert (await replica.authorizer.authorize(theirs.raw_key)).reason is Reason.ALLOWED

@@ -60,8 +60,9 @@ def _list_all(
     *,
     mode: Mode | None = None,
     status: KeyStatus | None = None,
+    now: datetime = T0,
 ) -> list[ApiKey]:
-    return store.list(account_id, limit=1000, after=None, mode=mode, status=status)
+    return store.list(account_id, limit=1000, after=None, mode=mode, status=status, now=now)
 
 
 def _events(store: SqlKeyStore, account_id: str = "acct_1") -> list[AuditEvent]:
@@ -100,6 +101,9 @@ class TestMigrations:
             "created_at",
             "last_used_at",
             "revoked_at",
+            "expire_time",
+            "allowed_ips",
+            "revocation_reason",
         }
 
     def test_index_the_key_list(self, engine: sa.Engine) -> None:
@@ -118,6 +122,9 @@ class TestMigrations:
             "actor",
             "peer",
             "occurred_at",
+            "reason",
+            "related_key_id",
+            "changes",
         }
 
     def test_index_the_audit_trail(self, engine: sa.Engine) -> None:
@@ -128,12 +135,48 @@ class TestMigrations:
         assert indexes["ix_audit_events_account_occurred"] == ["account_id", "occurred_at", "id"]
 
     def test_refuse_an_unknown_action(self, engine: sa.Engine) -> None:
-        """The database itself refuses an event that is neither key_created nor key_revoked."""
+        """The database itself refuses an event whose action keysvc does not know."""
         with engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
             conn.exec_driver_sql(
                 "INSERT INTO audit_events (id, account_id, action, key_id, actor, peer,"
                 " occurred_at) VALUES ('e', 'a', 'key_deleted', 'k', 'x', 'p', '2026-01-01')"
             )
+
+    def test_keys_and_their_trail_survive_the_lifecycle_migration(self, tmp_path: Path) -> None:
+        """A database of the release before expiry and allowed IPs (0003), with a key, its
+        event and its change, upgraded: the key reads back with no expiry and any address, the
+        trail is whole and still append-only (SQLite copies the table to change its check)."""
+        engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+        try:
+            migrate.upgrade(engine, "0003")
+            key = _api_key()
+            with engine.begin() as conn:
+                conn.exec_driver_sql(
+                    "INSERT INTO api_keys (id, account_id, name, prefix, mode, scopes, verifier,"
+                    " created_at) VALUES (?, 'acct_1', 'n', 'ck_live_x', 'live', 'links:read',"
+                    " 'v', '2026-03-01 12:00:00')",
+                    (key.id,),
+                )
+                conn.exec_driver_sql(
+                    "INSERT INTO audit_events (id, account_id, action, key_id, actor, peer,"
+                    " occurred_at) VALUES ('e1', 'acct_1', 'key_created', ?, 'admin', 'p',"
+                    " '2026-03-01 12:00:00')",
+                    (key.id,),
+                )
+            migrate.upgrade(engine)
+            store = SqlKeyStore(engine)
+            stored = store.get("acct_1", key.id)
+            assert stored is not None
+            assert (stored.expire_time, stored.allowed_ips, stored.revocation_reason) == (
+                None,
+                (),
+                None,
+            )
+            assert [event.id for event in _events(store)] == ["e1"]
+            with engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
+                conn.exec_driver_sql("UPDATE audit_events SET actor = 'forged'")
+        finally:
+            engine.dispose()
 
     def test_upgrading_twice_changes_nothing(self, engine: sa.Engine, store: SqlKeyStore) -> None:
         """Running the migrations on a current database keeps it current and keeps its rows."""
@@ -160,7 +203,7 @@ class TestInsertAndGet:
         got = store.get("acct_1", key.id)
         assert got == key
         assert got is not None and got.created_at.tzinfo is not None
-        assert got.status is KeyStatus.ACTIVE
+        assert got.status_at(T0) is KeyStatus.ACTIVE
         assert got.last_used_at is None and got.revoked_at is None
 
     def test_times_come_back_in_utc(self, store: SqlKeyStore) -> None:
@@ -227,7 +270,7 @@ class TestList:
         pages: list[list[ApiKey]] = []
         after: Cursor | None = None
         while True:
-            page = store.list("acct_1", limit=3, after=after, mode=None, status=None)
+            page = store.list("acct_1", limit=3, after=after, mode=None, status=None, now=T0)
             if not page:
                 break
             pages.append(page)
@@ -256,7 +299,7 @@ class TestList:
     def test_limit_caps_the_page(self, store: SqlKeyStore) -> None:
         """At most `limit` keys come back."""
         _insert(store, *[_api_key(created_at=T0 + timedelta(seconds=s)) for s in range(5)])
-        assert len(store.list("acct_1", limit=2, after=None, mode=None, status=None)) == 2
+        assert len(store.list("acct_1", limit=2, after=None, mode=None, status=None, now=T0)) == 2
 
 
 class TestRevoke:
@@ -267,7 +310,7 @@ class TestRevoke:
         at = T0 + timedelta(hours=1)
         revocation = store.revoke("acct_1", key.id, at, ADMIN)
         assert revocation is not None and revocation.key.revoked_at == at
-        assert revocation.key.status is KeyStatus.REVOKED
+        assert revocation.key.status_at(T0) is KeyStatus.REVOKED
         assert store.get("acct_1", key.id) == revocation.key
 
     def test_a_second_revoke_keeps_the_first_time(self, store: SqlKeyStore) -> None:
@@ -288,7 +331,7 @@ class TestRevoke:
         _insert(store, theirs)
         assert store.revoke("acct_1", theirs.id, T0 + timedelta(hours=1), ADMIN) is None
         stored = store.get("acct_other", theirs.id)
-        assert stored is not None and stored.status is KeyStatus.ACTIVE
+        assert stored is not None and stored.status_at(T0) is KeyStatus.ACTIVE
 
     def test_an_unknown_key_is_none(self, store: SqlKeyStore) -> None:
         """Revoking an id no key has returns None."""
@@ -340,8 +383,9 @@ class TestChangeLog:
         assert revocation is not None and revocation.seq is not None
         assert after is not None and after.seq >= revocation.seq and after.key.revoked_at
 
-    def test_latest_revocations_are_the_newest_oldest_first(self, store: SqlKeyStore) -> None:
-        """The start-up read of recent revocations returns the newest ones, in log order."""
+    def test_latest_changes_are_the_newest_oldest_first(self, store: SqlKeyStore) -> None:
+        """The start-up read of recent changes (all but creations) returns the newest ones, in
+        log order."""
         revoked = []
         for _ in range(3):
             key = _api_key()
@@ -349,7 +393,7 @@ class TestChangeLog:
             revocation = store.revoke("acct_1", key.id, T0 + timedelta(hours=1), ADMIN)
             assert revocation is not None
             revoked.append((revocation.seq, key.id))
-        latest = store.latest_revocations(limit=2)
+        latest = store.latest_changes(limit=2)
         assert [(c.seq, c.key_id) for c in latest] == revoked[1:]
         assert {c.kind for c in latest} == {ChangeKind.REVOKED}
 
@@ -460,7 +504,7 @@ class TestAuditEventsAreWrittenWithTheChange:
         with pytest.raises(sa.exc.IntegrityError):
             store.revoke("acct_1", key.id, T0 + timedelta(hours=1), ADMIN)
         stored = store.get("acct_1", key.id)
-        assert stored is not None and stored.status is KeyStatus.ACTIVE
+        assert stored is not None and stored.status_at(T0) is KeyStatus.ACTIVE
         assert [e.action for e in _events(store)] == [AuditAction.KEY_CREATED]
 
 
@@ -485,7 +529,8 @@ class TestAuditEventsAreAppendOnly:
         event_id = _one_event(engine)
         upsert = {
             "sqlite": "INSERT OR REPLACE INTO audit_events"
-            " SELECT id, account_id, action, key_id, 'forged', peer, occurred_at"
+            " SELECT id, account_id, action, key_id, 'forged', peer, occurred_at,"
+            " reason, related_key_id, changes"
             " FROM audit_events",
             "postgresql": "INSERT INTO audit_events SELECT * FROM audit_events"
             " ON CONFLICT (id) DO UPDATE SET actor = 'forged'",

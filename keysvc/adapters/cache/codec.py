@@ -7,19 +7,23 @@ one it is stored under, is no grant at all. An authentic value can still be old 
 restored from a snapshot, a replay): what makes an old grant harmless is its `seq`, which
 the change log checks (keysvc.usecases.change_log).
 
-    2{"k":key id,"a":account,"m":mode,"s":[scopes],"r":revoked,"q":seq,"d":digest hex}TAG
+    3{"k":key id,"a":account,"m":mode,"s":[scopes],"r":revoked,"q":seq,"d":digest hex,
+      "e":expire time (POSIX seconds) or null,"i":[allowed IPs]}TAG
 
-TAG is 32 hex digits (128 bits of the HMAC); "2" names this layout.
+TAG is 32 hex digits (128 bits of the HMAC); "3" names this layout. Values of an earlier
+layout are misses: the next look-up replaces them.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+from datetime import UTC, datetime
 
+from keysvc.core import networks
 from keysvc.core.model import KeyGrant, Mode
 
-_VERSION = b"2"
+_VERSION = b"3"
 _TAG_HEX = 32
 _CONTEXT = b"keysvc grant\x00"
 
@@ -43,6 +47,8 @@ class GrantCodec:
                 "r": grant.revoked,
                 "q": grant.seq,
                 "d": grant.digest.hex() if grant.digest is not None else None,
+                "e": grant.expire_time.timestamp() if grant.expire_time is not None else None,
+                "i": [str(network) for network in grant.allowed_ips],
             },
             separators=(",", ":"),
         ).encode()
@@ -66,4 +72,8 @@ class GrantCodec:
             revoked=fields["r"],
             seq=fields["q"],
             digest=bytes.fromhex(fields["d"]) if fields["d"] is not None else None,
+            expire_time=(
+                datetime.fromtimestamp(fields["e"], UTC) if fields["e"] is not None else None
+            ),
+            allowed_ips=networks.parsed(fields["i"]),
         )

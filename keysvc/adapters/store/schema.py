@@ -45,6 +45,10 @@ api_keys = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("last_used_at", UTCDateTime(), nullable=True),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("expire_time", UTCDateTime(), nullable=True),
+    # Space-separated, normalized (keysvc.core.networks); empty: any address.
+    sa.Column("allowed_ips", sa.String(4096), nullable=False, server_default=""),
+    sa.Column("revocation_reason", sa.String(200), nullable=True),
 )
 
 # Append-only: the database's own triggers refuse UPDATE and DELETE (see migration 0002).
@@ -59,6 +63,10 @@ audit_events = sa.Table(
     # As gRPC names it; a transport detail keysvc does not bound.
     sa.Column("peer", sa.Text(), nullable=False),
     sa.Column("occurred_at", UTCDateTime(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("related_key_id", sa.String(32), nullable=True),
+    # JSON: [{"field", "before", "after"}, ...] for an update.
+    sa.Column("changes", sa.Text(), nullable=True),
 )
 
 # What every replica follows to learn of changes made through the others (see migration 0003

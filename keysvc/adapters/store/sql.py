@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
+import json
 import logging
 import secrets
 from collections.abc import Iterator, Mapping
@@ -26,10 +28,12 @@ from keysvc.core.model import (
     Change,
     ChangeKind,
     Cursor,
+    FieldChange,
     KeyStatus,
+    KeyUpdate,
     Mode,
 )
-from keysvc.ports.store import KeyIdTaken, Revocation, StoredKey
+from keysvc.ports.store import KeyIdTaken, Revocation, Roll, StoredKey, Update
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,25 @@ def _row_to_key(row: sa.Row[Any]) -> ApiKey:
         created_at=row.created_at,
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
+        expire_time=row.expire_time,
+        allowed_ips=tuple(row.allowed_ips.split()),
+        revocation_reason=row.revocation_reason,
     )
+
+
+def _key_values(key: ApiKey) -> dict[str, Any]:
+    """The columns of a new key's row, but its verifier."""
+    return {
+        "id": key.id,
+        "account_id": key.account_id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "mode": key.mode.value,
+        "scopes": " ".join(key.scopes),
+        "created_at": key.created_at,
+        "expire_time": key.expire_time,
+        "allowed_ips": " ".join(key.allowed_ips),
+    }
 
 
 _PUBLIC_COLUMNS = [c for c in api_keys.c if c.name != "verifier"]
@@ -104,6 +126,10 @@ def _record(
     key_id: str,
     actor: Actor,
     at: datetime,
+    *,
+    reason: str = "",
+    related_key_id: str = "",
+    changes: tuple[FieldChange, ...] = (),
 ) -> None:
     conn.execute(
         audit_events.insert().values(
@@ -114,6 +140,11 @@ def _record(
             actor=actor.name,
             peer=actor.peer,
             occurred_at=at,
+            reason=reason or None,
+            related_key_id=related_key_id or None,
+            changes=json.dumps([[c.field, c.before, c.after] for c in changes])
+            if changes
+            else None,
         )
     )
 
@@ -152,7 +183,44 @@ def _row_to_event(row: sa.Row[Any]) -> AuditEvent:
         actor=row.actor,
         peer=row.peer,
         occurred_at=row.occurred_at,
+        reason=row.reason or "",
+        related_key_id=row.related_key_id or "",
+        changes=tuple(FieldChange(*change) for change in json.loads(row.changes or "[]")),
     )
+
+
+def _lock_key(conn: Connection, account_id: str, key_id: str) -> ApiKey | None:
+    """The account's key, locked until the transaction ends: PostgreSQL takes the row's lock
+    with the no-op update, SQLite its single writer's lock. None when there is no such key."""
+    mine = sa.and_(api_keys.c.id == key_id, api_keys.c.account_id == account_id)
+    conn.execute(api_keys.update().where(mine).values(name=api_keys.c.name))
+    row = conn.execute(sa.select(*_PUBLIC_COLUMNS).where(mine)).one_or_none()
+    return None if row is None else _row_to_key(row)
+
+
+def _text(field: str, key: ApiKey) -> str:
+    """A field's value as the audit trail shows it."""
+    if field == "name":
+        return key.name
+    if field == "scopes":
+        return " ".join(key.scopes)
+    if field == "allowed_ips":
+        return " ".join(key.allowed_ips)
+    assert field == "expire_time"
+    return key.expire_time.isoformat() if key.expire_time is not None else ""
+
+
+def _updated(key: ApiKey, update: KeyUpdate) -> ApiKey:
+    values: dict[str, Any] = {}
+    if "name" in update.fields:
+        values["name"] = update.name
+    if "scopes" in update.fields:
+        values["scopes"] = update.scopes
+    if "allowed_ips" in update.fields:
+        values["allowed_ips"] = update.allowed_ips
+    if "expire_time" in update.fields:
+        values["expire_time"] = update.expire_time
+    return dataclasses.replace(key, **values)
 
 
 class SqlKeyStore:
@@ -175,18 +243,7 @@ class SqlKeyStore:
     def insert(self, key: ApiKey, verifier: str, actor: Actor) -> int:
         try:
             with self._transaction() as conn:
-                conn.execute(
-                    api_keys.insert().values(
-                        id=key.id,
-                        account_id=key.account_id,
-                        name=key.name,
-                        prefix=key.prefix,
-                        mode=key.mode.value,
-                        scopes=" ".join(key.scopes),
-                        verifier=verifier,
-                        created_at=key.created_at,
-                    )
-                )
+                conn.execute(api_keys.insert().values(**_key_values(key), verifier=verifier))
                 _record(
                     conn, AuditAction.KEY_CREATED, key.account_id, key.id, actor, key.created_at
                 )
@@ -212,12 +269,16 @@ class SqlKeyStore:
         after: Cursor | None,
         mode: Mode | None,
         status: KeyStatus | None,
+        now: datetime,
     ) -> list[ApiKey]:
         query = sa.select(*_PUBLIC_COLUMNS).where(api_keys.c.account_id == account_id)
         if mode is not None:
             query = query.where(api_keys.c.mode == mode.value)
+        unexpired = sa.or_(api_keys.c.expire_time.is_(None), api_keys.c.expire_time > now)
         if status is KeyStatus.ACTIVE:
-            query = query.where(api_keys.c.revoked_at.is_(None))
+            query = query.where(api_keys.c.revoked_at.is_(None), unexpired)
+        elif status is KeyStatus.EXPIRED:
+            query = query.where(api_keys.c.revoked_at.is_(None), sa.not_(unexpired))
         elif status is KeyStatus.REVOKED:
             query = query.where(api_keys.c.revoked_at.is_not(None))
         if after is not None:
@@ -231,23 +292,120 @@ class SqlKeyStore:
         with self._transaction() as conn:
             return [_row_to_key(row) for row in conn.execute(query)]
 
-    def revoke(self, account_id: str, key_id: str, at: datetime, actor: Actor) -> Revocation | None:
+    def revoke(
+        self,
+        account_id: str,
+        key_id: str,
+        at: datetime,
+        actor: Actor,
+        *,
+        reason: str = "",
+        action: AuditAction = AuditAction.KEY_REVOKED,
+        source: str = "",
+    ) -> Revocation | None:
         mine = sa.and_(api_keys.c.id == key_id, api_keys.c.account_id == account_id)
         with self._transaction() as conn:
             # Only the first revocation sets revoked_at, and only it is recorded. A concurrent
             # second one waits for the first (PostgreSQL's row lock, SQLite's single writer),
             # then matches no row.
             changed = conn.execute(
-                api_keys.update().where(mine, api_keys.c.revoked_at.is_(None)).values(revoked_at=at)
+                api_keys.update()
+                .where(mine, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=at, revocation_reason=reason or None)
             ).rowcount
             row = conn.execute(sa.select(*_PUBLIC_COLUMNS).where(mine)).one_or_none()
             if row is None:
                 return None
             seq = None
             if changed:
-                _record(conn, AuditAction.KEY_REVOKED, account_id, key_id, actor, at)
+                _record(conn, action, account_id, key_id, actor, at, reason=source or reason)
                 seq = _log_change(conn, key_id, ChangeKind.REVOKED, at)
         return Revocation(key=_row_to_key(row), seq=seq)
+
+    def roll(
+        self,
+        account_id: str,
+        key_id: str,
+        new_key: ApiKey,
+        verifier: str,
+        until: datetime,
+        actor: Actor,
+    ) -> Roll | None:
+        at = new_key.created_at
+        try:
+            with self._transaction() as conn:
+                old = _lock_key(conn, account_id, key_id)
+                if old is None:
+                    return None
+                if old.status_at(at) is not KeyStatus.ACTIVE:
+                    return Roll(old=old, rolled=old, key=None, seqs=())
+                new_key = dataclasses.replace(
+                    new_key,
+                    name=old.name,
+                    mode=old.mode,
+                    scopes=old.scopes,
+                    allowed_ips=old.allowed_ips,
+                    expire_time=old.expire_time,
+                )
+                conn.execute(api_keys.insert().values(**_key_values(new_key), verifier=verifier))
+                mine = sa.and_(api_keys.c.id == key_id, api_keys.c.account_id == account_id)
+                if until <= at:
+                    rolled = dataclasses.replace(old, revoked_at=at, revocation_reason="rolled")
+                    conn.execute(
+                        api_keys.update()
+                        .where(mine)
+                        .values(revoked_at=at, revocation_reason="rolled")
+                    )
+                    kind = ChangeKind.REVOKED
+                elif old.expire_time is None or until < old.expire_time:
+                    rolled = dataclasses.replace(old, expire_time=until)
+                    conn.execute(api_keys.update().where(mine).values(expire_time=until))
+                    kind = ChangeKind.UPDATED
+                else:
+                    # A roll never extends a key's life.
+                    rolled, kind = old, None
+                _record(
+                    conn, AuditAction.KEY_ROLLED, account_id, key_id, actor, at,
+                    related_key_id=new_key.id,
+                )  # fmt: skip
+                _record(conn, AuditAction.KEY_CREATED, account_id, new_key.id, actor, at)
+                seqs = [_log_change(conn, new_key.id, ChangeKind.CREATED, at)]
+                if kind is not None:
+                    seqs.append(_log_change(conn, key_id, kind, at))
+                return Roll(old=old, rolled=rolled, key=new_key, seqs=tuple(seqs))
+        except sa.exc.IntegrityError as err:
+            raise KeyIdTaken(new_key.id) from err
+
+    def update(
+        self, account_id: str, key_id: str, update: KeyUpdate, at: datetime, actor: Actor
+    ) -> Update | None:
+        with self._transaction() as conn:
+            before = _lock_key(conn, account_id, key_id)
+            if before is None:
+                return None
+            if before.status_at(at) is not KeyStatus.ACTIVE:
+                return Update(before=before, after=before, seq=None)
+            after = _updated(before, update)
+            changes = tuple(
+                FieldChange(field, _text(field, before), _text(field, after))
+                for field in sorted(update.fields)
+                if _text(field, before) != _text(field, after)
+            )
+            if not changes:
+                return Update(before=before, after=before, seq=None)
+            values = {
+                key: value
+                for key, value in _key_values(after).items()
+                if key in ("name", "scopes", "allowed_ips", "expire_time")
+            }
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.account_id == account_id)
+                .values(**values)
+            )
+            _record(conn, AuditAction.KEY_UPDATED, account_id, key_id, actor, at, changes=changes)
+            seq = _log_change(conn, key_id, ChangeKind.UPDATED, at)
+        return Update(before=before, after=after, seq=seq)
 
     def list_audit_events(
         self, account_id: str, *, limit: int, after: Cursor | None
@@ -282,10 +440,10 @@ class SqlKeyStore:
         with self._transaction() as conn:
             return [_row_to_change(row) for row in conn.execute(query)]
 
-    def latest_revocations(self, *, limit: int) -> builtins.list[Change]:
+    def latest_changes(self, *, limit: int) -> builtins.list[Change]:
         query = (
             sa.select(key_changes)
-            .where(key_changes.c.kind == ChangeKind.REVOKED.value)
+            .where(key_changes.c.kind != ChangeKind.CREATED.value)
             .order_by(key_changes.c.seq.desc())
             .limit(limit)
         )

@@ -12,6 +12,7 @@ from keysvc_client._guard import Guard
 from keysvc_client._guard_common import KeyContext, Verdict, VerdictReason
 from keysvc_client._sync import KeyServiceClient
 from keysvc_client.errors import (
+    FailedPrecondition,
     InvalidArgument,
     KeysvcError,
     NotFound,
@@ -27,22 +28,31 @@ CreateKeyResponse = keysvc_pb2.CreateKeyResponse
 ListKeysResponse = keysvc_pb2.ListKeysResponse
 AuthorizeResponse = keysvc_pb2.AuthorizeResponse
 Scope = keysvc_pb2.Scope
+RollKeyResponse = keysvc_pb2.RollKeyResponse
+RevokeLeakedKeysResponse = keysvc_pb2.RevokeLeakedKeysResponse
+LeakedKey = keysvc_pb2.LeakedKey
+AuditEvent = keysvc_pb2.AuditEvent
 
 __all__ = [
+    "AuditEvent",
     "AuthorizeResponse",
     "Connection",
     "CreateKeyResponse",
+    "FailedPrecondition",
     "Guard",
     "InvalidArgument",
     "Key",
     "KeyContext",
     "KeyServiceClient",
     "KeysvcError",
+    "LeakedKey",
     "ListKeysResponse",
     "ModeLike",
     "NotFound",
     "PemSource",
     "PermissionDenied",
+    "RevokeLeakedKeysResponse",
+    "RollKeyResponse",
     "Scope",
     "StatusLike",
     "Unauthenticated",

@@ -5,31 +5,58 @@ Everything here is free of I/O so that both flavours build byte-identical reques
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
-from typing import TypeAlias, TypeVar
+from datetime import datetime, timedelta
+from typing import Final, Literal, TypeAlias, TypeVar
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from keysvc_client.errors import KeysvcError
 from keysvc_client.v1 import keysvc_pb2
 
 __all__ = [
+    "UNSET",
     "Metadata",
     "ModeLike",
     "StatusLike",
+    "Unset",
     "authorize_request",
     "bearer_credential",
     "create_key_request",
     "list_keys_request",
     "metadata_for",
+    "revoke_key_request",
+    "revoke_leaked_keys_request",
+    "roll_key_request",
     "scrub_secret",
+    "scrub_secrets",
+    "to_duration",
     "to_mode",
     "to_status",
+    "to_timestamp",
+    "update_key_request",
 ]
 
 ModeLike: TypeAlias = "str | keysvc_pb2.Mode.ValueType"
 """`"live"` or `"test"` (any case), or keysvc_pb2.MODE_LIVE / MODE_TEST."""
 
 StatusLike: TypeAlias = "str | keysvc_pb2.KeyStatus.ValueType"
-"""`"active"` or `"revoked"` (any case), or keysvc_pb2.KEY_STATUS_ACTIVE / KEY_STATUS_REVOKED."""
+"""`"active"`, `"revoked"` or `"expired"` (any case), or the matching keysvc_pb2.KEY_STATUS_*."""
+
+
+class Unset(enum.Enum):
+    """The type of UNSET: "leave this field as it is", where None means "clear it"."""
+
+    UNSET = enum.auto()
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = Unset.UNSET
 
 Metadata: TypeAlias = tuple[tuple[str, str], ...]
 
@@ -40,6 +67,7 @@ _MODES: dict[str, keysvc_pb2.Mode.ValueType] = {
 _STATUSES: dict[str, keysvc_pb2.KeyStatus.ValueType] = {
     "active": keysvc_pb2.KEY_STATUS_ACTIVE,
     "revoked": keysvc_pb2.KEY_STATUS_REVOKED,
+    "expired": keysvc_pb2.KEY_STATUS_EXPIRED,
 }
 
 _E = TypeVar("_E", bound=int)
@@ -81,10 +109,38 @@ def _convert(value: str | _E, table: dict[str, _E], what: str) -> _E:
 
 
 def _scopes(scopes: Iterable[str], what: str) -> list[str]:
-    # A bare string is an Iterable[str] too, and would silently become one scope per character.
-    if isinstance(scopes, str):
-        raise TypeError(f"{what} must be an iterable of scope names, not a single string")
-    return list(scopes)
+    return _strings(scopes, what, "scope names")
+
+
+def _strings(values: Iterable[str], what: str, items: str) -> list[str]:
+    # A bare string is an Iterable[str] too, and would silently become one item per character.
+    if isinstance(values, str):
+        raise TypeError(f"{what} must be an iterable of {items}, not a single string")
+    return list(values)
+
+
+def to_timestamp(value: datetime, what: str) -> Timestamp:
+    """`value` as a Timestamp; a naive datetime is refused, since its zone would be a guess."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{what} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{what} must be timezone-aware (e.g. datetime.now(UTC) + timedelta(days=30)),"
+            f" got the naive {value.isoformat()}"
+        )
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def to_duration(value: timedelta, what: str) -> Duration:
+    """`value` as a Duration; whether it is in range is the server's to say."""
+    # A number would be ambiguous (seconds? hours?), and bool is a number too.
+    if not isinstance(value, timedelta):
+        raise TypeError(f"{what} must be a timedelta, not {type(value).__name__}")
+    duration = Duration()
+    duration.FromTimedelta(value)
+    return duration
 
 
 def metadata_for(token: str | None) -> Metadata | None:
@@ -105,10 +161,76 @@ def bearer_credential(value: str) -> str | None:
 
 
 def create_key_request(
-    account_id: str, name: str, mode: ModeLike, scopes: Iterable[str]
+    account_id: str,
+    name: str,
+    mode: ModeLike,
+    scopes: Iterable[str],
+    *,
+    expire_time: datetime | None = None,
+    allowed_ips: Iterable[str] = (),
 ) -> keysvc_pb2.CreateKeyRequest:
     return keysvc_pb2.CreateKeyRequest(
-        account_id=account_id, name=name, mode=to_mode(mode), scopes=_scopes(scopes, "scopes")
+        account_id=account_id,
+        name=name,
+        mode=to_mode(mode),
+        scopes=_scopes(scopes, "scopes"),
+        expire_time=None if expire_time is None else to_timestamp(expire_time, "expire_time"),
+        allowed_ips=_strings(allowed_ips, "allowed_ips", "addresses or CIDR ranges"),
+    )
+
+
+def revoke_key_request(account_id: str, key_id: str, reason: str) -> keysvc_pb2.RevokeKeyRequest:
+    return keysvc_pb2.RevokeKeyRequest(account_id=account_id, id=key_id, reason=reason)
+
+
+def roll_key_request(account_id: str, key_id: str, grace: timedelta) -> keysvc_pb2.RollKeyRequest:
+    return keysvc_pb2.RollKeyRequest(
+        account_id=account_id, id=key_id, grace=to_duration(grace, "grace")
+    )
+
+
+def update_key_request(
+    account_id: str,
+    key_id: str,
+    *,
+    name: str | None,
+    scopes: Iterable[str] | None,
+    allowed_ips: Iterable[str] | None,
+    expire_time: datetime | Literal[Unset.UNSET] | None,
+) -> keysvc_pb2.UpdateKeyRequest:
+    """An UpdateKeyRequest whose mask names exactly the fields given.
+
+    The mask is always explicit: an omitted mask would mean "every field set in the key",
+    and an empty list or a cleared expiry are not "set" in proto3, so they could not be asked
+    for without one.
+    """
+    key = keysvc_pb2.Key(account_id=account_id, id=key_id)
+    paths = []
+    if name is not None:
+        key.name = name
+        paths.append("name")
+    if scopes is not None:
+        key.scopes.extend(_scopes(scopes, "scopes"))
+        paths.append("scopes")
+    if allowed_ips is not None:
+        key.allowed_ips.extend(_strings(allowed_ips, "allowed_ips", "addresses or CIDR ranges"))
+        paths.append("allowed_ips")
+    if expire_time is not UNSET:
+        if expire_time is not None:
+            key.expire_time.CopyFrom(to_timestamp(expire_time, "expire_time"))
+        paths.append("expire_time")
+    if not paths:
+        raise ValueError(
+            "update_key: nothing to change: give name, scopes, allowed_ips or expire_time"
+        )
+    return keysvc_pb2.UpdateKeyRequest(key=key, update_mask=FieldMask(paths=paths))
+
+
+def revoke_leaked_keys_request(
+    keys: Iterable[str], source: str
+) -> keysvc_pb2.RevokeLeakedKeysRequest:
+    return keysvc_pb2.RevokeLeakedKeysRequest(
+        keys=_strings(keys, "keys", "raw keys"), source=source
     )
 
 
@@ -130,21 +252,33 @@ def list_keys_request(
 
 
 def authorize_request(
-    api_key: str, required_scopes: Iterable[str], required_mode: ModeLike | None
+    api_key: str,
+    required_scopes: Iterable[str],
+    required_mode: ModeLike | None,
+    client_ip: str = "",
 ) -> keysvc_pb2.AuthorizeRequest:
     return keysvc_pb2.AuthorizeRequest(
         api_key=api_key,
         required_scopes=_scopes(required_scopes, "required_scopes"),
         required_mode=_mode_or_any(required_mode),
+        client_ip=client_ip,
     )
 
 
 def scrub_secret(error: KeysvcError, api_key: str) -> KeysvcError | None:
     """A copy of `error` with the key cut out of its details, or None if they never held it."""
-    secrets = {api_key.strip()}
-    credential = bearer_credential(api_key)
-    if credential is not None:
-        secrets.add(credential)
+    return scrub_secrets(error, (api_key,))
+
+
+def scrub_secrets(error: KeysvcError, api_keys: Iterable[str]) -> KeysvcError | None:
+    """A copy of `error` with every one of the keys cut out of its details, or None if they
+    never held any."""
+    secrets = set()
+    for api_key in api_keys:
+        secrets.add(api_key.strip())
+        credential = bearer_credential(api_key)
+        if credential is not None:
+            secrets.add(credential)
     details = error.details
     # Longest first, so the whole header goes before the bare key inside it.
     for secret in sorted(secrets, key=len, reverse=True):

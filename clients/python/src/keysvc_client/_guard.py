@@ -14,6 +14,7 @@ from keysvc_client._common import ModeLike
 from keysvc_client._connection import ChannelKeywords, Connection, connection_of
 from keysvc_client._guard_common import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, Verdict
 from keysvc_client._tls import channel_security
+from keysvc_client.integrations._client_address import IPAddress, TrustedProxies
 from keysvc_client.v1 import keysvc_pb2, keysvc_pb2_grpc
 
 __all__ = ["Guard"]
@@ -39,6 +40,11 @@ class Guard:
     authorizer's token from keysvc's callers file); a loopback keysvc with no authorizers
     configured needs none. `required_mode` ("live" or "test") refuses keys of the other mode,
     as a staging server refuses live keys.
+
+    `trusted_proxies` (addresses and CIDR ranges, none by default) are the API server's own
+    proxies: only when a request's immediate peer is one of them do the integrations read the
+    client's address from `forwarded_header` ("x-forwarded-for", or RFC 7239's "forwarded"),
+    for keys restricted to allowed IPs.
     """
 
     DEFAULT_TIMEOUT = DEFAULT_TIMEOUT
@@ -53,8 +59,11 @@ class Guard:
         unavailable_status: int = 503,
         realm: str = "api",
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        trusted_proxies: Iterable[str] = (),
+        forwarded_header: str = "x-forwarded-for",
         **settings: Unpack[ChannelKeywords],
     ) -> None:
+        self._proxies = TrustedProxies(trusted_proxies, forwarded_header)
         self._settings = _guard_common.settings(
             timeout=timeout,
             required_mode=required_mode,
@@ -89,10 +98,24 @@ class Guard:
     def realm(self) -> str:
         return self._settings.realm
 
-    def check(self, authorization: str | None, scopes: Iterable[str] = ()) -> Verdict:
-        """The verdict on a request carrying this Authorization header value (None: no header).
+    @property
+    def trusted_proxies(self) -> TrustedProxies:
+        """The API server's own proxies, whose header the integrations read the client's
+        address from; none by default."""
+        return self._proxies
 
-        Every scope in `scopes` must be held. Never raises for keysvc's sake.
+    def check(
+        self,
+        authorization: str | None,
+        scopes: Iterable[str] = (),
+        *,
+        client_ip: str | IPAddress | None = None,
+    ) -> Verdict:
+        """The verdict on a request carrying this Authorization header value (None: no header)
+        from `client_ip`, the address the request came from (the integrations find it).
+
+        Every scope in `scopes` must be held. A key restricted to allowed IPs is refused
+        without a client_ip. Never raises for keysvc's sake.
         """
         required = _guard_common.required_scopes(scopes)
         api_key = _guard_common.precheck(authorization, required)
@@ -102,6 +125,7 @@ class Guard:
             api_key=api_key,
             required_scopes=list(required),
             required_mode=self._settings.required_mode,
+            client_ip=_guard_common.client_ip_field(client_ip),
         )
         try:
             response: keysvc_pb2.AuthorizeResponse = self._authorizer().Authorize(

@@ -19,6 +19,7 @@ import grpc
 
 from keysvc_client._common import ModeLike, bearer_credential, scrub_secret, to_mode
 from keysvc_client.errors import from_rpc_error
+from keysvc_client.integrations._client_address import IPAddress, parse_address
 from keysvc_client.v1 import keysvc_pb2
 
 __all__ = [
@@ -51,13 +52,15 @@ VerdictReason: TypeAlias = Literal[
     "malformed",
     "not_found",
     "revoked",
+    "expired",
     "insufficient_scope",
     "wrong_mode",
+    "ip_not_allowed",
     "refused",
     "unavailable",
     "misconfigured",
 ]
-"""Why a check ended as it did. `allowed` to `wrong_mode` are keysvc's reasons; `refused` is a
+"""Why a check ended as it did. `allowed` to `ip_not_allowed` are keysvc's reasons; `refused` is a
 refusal for a reason newer than this client; `unavailable` means keysvc could not decide
 (unreachable, out of time), `misconfigured` that it refused this API server's own request (a
 wrong token, an unknown scope)."""
@@ -69,8 +72,10 @@ _DECISIONS: dict[int, tuple[int, VerdictReason]] = {
     keysvc_pb2.REASON_MALFORMED: (401, "malformed"),
     keysvc_pb2.REASON_NOT_FOUND: (401, "not_found"),
     keysvc_pb2.REASON_REVOKED: (401, "revoked"),
+    keysvc_pb2.REASON_EXPIRED: (401, "expired"),
     keysvc_pb2.REASON_INSUFFICIENT_SCOPE: (403, "insufficient_scope"),
     keysvc_pb2.REASON_WRONG_MODE: (403, "wrong_mode"),
+    keysvc_pb2.REASON_IP_NOT_ALLOWED: (403, "ip_not_allowed"),
 }
 
 # The caller of the API is told what to do about it, never what it sent.
@@ -80,8 +85,11 @@ _MESSAGES: dict[VerdictReason, str] = {
     "malformed": "the API key is not a valid key",
     "not_found": "the API key is not valid",
     "revoked": "the API key has been revoked",
+    "expired": "the API key has expired",
     "insufficient_scope": "the API key lacks a required scope",
     "wrong_mode": "the API key's mode is not accepted here",
+    # Never which address was seen: behind a misconfigured proxy it would be the proxy's.
+    "ip_not_allowed": "the API key may not be used from this client's address",
     "refused": "the API key is not accepted here",
     "unavailable": "the API key could not be checked right now; try again shortly",
     "misconfigured": "the API key could not be checked",
@@ -288,6 +296,21 @@ def precheck(authorization: str | None, required: tuple[str, ...]) -> Verdict | 
     if len(value) > _MAX_HEADER_LEN:
         return refused(401, "malformed", required)
     return authorization
+
+
+def client_ip_field(client_ip: str | IPAddress | None) -> str:
+    """AuthorizeRequest.client_ip for the address an integration found, normalised (an
+    IPv4-mapped IPv6 address as IPv4); "" when there is none or it is not an address, which
+    keysvc refuses for a key restricted to allowed IPs."""
+    if client_ip is None:
+        return ""
+    if isinstance(client_ip, str):
+        address = parse_address(client_ip)
+    elif isinstance(client_ip, IPAddress):
+        address = parse_address(str(client_ip))
+    else:
+        raise TypeError(f"client_ip is an IP address or None, not {client_ip!r}")
+    return "" if address is None else str(address)
 
 
 def refused(status: int, reason: VerdictReason, required: tuple[str, ...]) -> Verdict:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Self, TypeVar, Unpack
+from typing import Literal, Self, TypeVar, Unpack
 
 import grpc
 
 from keysvc_client import _common
-from keysvc_client._common import ModeLike, StatusLike
+from keysvc_client._common import UNSET, ModeLike, StatusLike, Unset
 from keysvc_client._connection import ChannelKeywords, Connection, connection_of
 from keysvc_client._tls import channel_security
 from keysvc_client.errors import from_rpc_error
@@ -59,6 +60,20 @@ class KeyServiceClient:
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
+    def _call_with_secrets(
+        self, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req, secrets: Iterable[str]
+    ) -> Resp:
+        """_call for a request carrying raw keys: they are cut out of any error's details."""
+        try:
+            return rpc(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            error = from_rpc_error(err)
+            scrubbed = _common.scrub_secrets(error, secrets)
+            if scrubbed is None:
+                raise error from err
+            # The original error would print the keys again in every traceback.
+            raise scrubbed from None
+
     def close(self) -> None:
         self._channel.close()
 
@@ -74,10 +89,23 @@ class KeyServiceClient:
         self.close()
 
     def create_key(
-        self, account_id: str, name: str, mode: ModeLike, scopes: Iterable[str]
+        self,
+        account_id: str,
+        name: str,
+        mode: ModeLike,
+        scopes: Iterable[str],
+        *,
+        expire_time: datetime | None = None,
+        allowed_ips: Iterable[str] = (),
     ) -> keysvc_pb2.CreateKeyResponse:
-        """Creates a key; the response's `secret` is the raw key, shown this once only."""
-        request = _common.create_key_request(account_id, name, mode, scopes)
+        """Creates a key; the response's `secret` is the raw key, shown this once only.
+
+        `expire_time` (timezone-aware, in the future) is when it stops working, None for
+        never; `allowed_ips` the addresses and CIDR ranges it may be used from, empty for any.
+        """
+        request = _common.create_key_request(
+            account_id, name, mode, scopes, expire_time=expire_time, allowed_ips=allowed_ips
+        )
         return self._call(self._stub.CreateKey, request)
 
     def get_key(self, account_id: str, key_id: str) -> keysvc_pb2.Key:
@@ -121,33 +149,76 @@ class KeyServiceClient:
             if not page_token:
                 return
 
-    def revoke_key(self, account_id: str, key_id: str) -> keysvc_pb2.Key:
-        request = keysvc_pb2.RevokeKeyRequest(account_id=account_id, id=key_id)
+    def revoke_key(self, account_id: str, key_id: str, *, reason: str = "") -> keysvc_pb2.Key:
+        """Revokes the key for good, returning once no replica allows it any more.
+
+        `reason` ("compromised", "unused", free text) is kept with the key and in the audit
+        trail; revoking a revoked key keeps its first revocation and reason.
+        """
+        request = _common.revoke_key_request(account_id, key_id, reason)
         return self._call(self._stub.RevokeKey, request)
+
+    def roll_key(
+        self, account_id: str, key_id: str, *, grace: timedelta
+    ) -> keysvc_pb2.RollKeyResponse:
+        """Replaces the key with a new one of the same name, mode, scopes, allowed IPs and
+        expiry; the old one keeps working for `grace` (never past its own expiry), and a grace
+        of 0 revokes it at once. The response's `secret` is the new raw key, shown this once
+        only; `rolled` is the old key as it now is.
+        """
+        request = _common.roll_key_request(account_id, key_id, grace)
+        return self._call(self._stub.RollKey, request)
+
+    def update_key(
+        self,
+        account_id: str,
+        key_id: str,
+        *,
+        name: str | None = None,
+        scopes: Iterable[str] | None = None,
+        allowed_ips: Iterable[str] | None = None,
+        expire_time: datetime | Literal[Unset.UNSET] | None = UNSET,
+    ) -> keysvc_pb2.Key:
+        """Changes the fields given and no other: an argument left out is left as it is.
+
+        `allowed_ips=[]` lets the key be used from any address again; `expire_time=None` makes
+        it never expire. A narrowing change holds like a revocation once this returns.
+        """
+        request = _common.update_key_request(
+            account_id,
+            key_id,
+            name=name,
+            scopes=scopes,
+            allowed_ips=allowed_ips,
+            expire_time=expire_time,
+        )
+        return self._call(self._stub.UpdateKey, request)
+
+    def revoke_leaked_keys(
+        self, keys: Iterable[str], *, source: str = ""
+    ) -> keysvc_pb2.RevokeLeakedKeysResponse:
+        """Revokes the real keys among `keys` (raw keys found in the open, of any account), and
+        says for each, in order, whether it was revoked now, was already, or is no key at all.
+        `source` (where they were found) goes into the audit trail. Admin only.
+        """
+        request = _common.revoke_leaked_keys_request(keys, source)
+        return self._call_with_secrets(self._stub.RevokeLeakedKeys, request, request.keys)
 
     def authorize(
         self,
         api_key: str,
         required_scopes: Iterable[str] = (),
         required_mode: ModeLike | None = None,
+        client_ip: str = "",
     ) -> keysvc_pb2.AuthorizeResponse:
         """keysvc's decision on `api_key`; a refusal is a normal response, not an exception.
 
-        Unavailable means no decision was made: the caller must not treat it as allowed.
+        `client_ip` is the address the API request came from: a key restricted to allowed IPs
+        is refused without it. Unavailable means no decision was made: the caller must not
+        treat it as allowed.
         """
-        request = _common.authorize_request(api_key, required_scopes, required_mode)
-        try:
-            response: keysvc_pb2.AuthorizeResponse = self._stub.Authorize(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            error = from_rpc_error(err)
-            scrubbed = _common.scrub_secret(error, api_key)
-            if scrubbed is None:
-                raise error from err
-            # The original error would print the key again in every traceback.
-            raise scrubbed from None
-        return response
+        request = _common.authorize_request(api_key, required_scopes, required_mode, client_ip)
+        return self._call_with_secrets(self._stub.Authorize, request, (api_key,))
 
     def list_scopes(self) -> list[keysvc_pb2.Scope]:
         """The scope catalogue keys can be granted from."""
@@ -157,7 +228,8 @@ class KeyServiceClient:
     def list_audit_events(
         self, account_id: str, *, page_size: int = 0, page_token: str = ""
     ) -> keysvc_pb2.ListAuditEventsResponse:
-        """One page of the account's audit trail (key creations and revocations), newest first."""
+        """One page of the account's audit trail (key creations, rolls, updates and
+        revocations), newest first."""
         request = keysvc_pb2.ListAuditEventsRequest(
             account_id=account_id, page_size=page_size, page_token=page_token
         )

@@ -2,12 +2,14 @@
 
 One class per status a caller handles differently; the tree is shallow on purpose:
 
-    KeysvcError            any failed call: .code (grpc.StatusCode), .details (str)
-    +-- InvalidArgument    INVALID_ARGUMENT
-    +-- NotFound           NOT_FOUND
-    +-- Unauthenticated    UNAUTHENTICATED
-    +-- PermissionDenied   PERMISSION_DENIED
-    +-- Unavailable        UNAVAILABLE or DEADLINE_EXCEEDED: keysvc could not decide
+    KeysvcError              any failed call: .code (grpc.StatusCode), .details (str)
+    +-- InvalidArgument      INVALID_ARGUMENT
+    +-- NotFound             NOT_FOUND
+    +-- Unauthenticated      UNAUTHENTICATED
+    +-- PermissionDenied     PERMISSION_DENIED
+    +-- FailedPrecondition   FAILED_PRECONDITION: the key's state forbids it (e.g. rolling a
+    |                        revoked key)
+    +-- Unavailable          UNAVAILABLE or DEADLINE_EXCEEDED: keysvc could not decide
 
 Any other status is a plain KeysvcError.
 """
@@ -20,6 +22,7 @@ from typing import Any
 import grpc
 
 __all__ = [
+    "FailedPrecondition",
     "InvalidArgument",
     "KeysvcError",
     "NotFound",
@@ -61,6 +64,11 @@ class PermissionDenied(KeysvcError):
     """The admin token is valid but not allowed to do this."""
 
 
+class FailedPrecondition(KeysvcError):
+    """The key is not in a state that allows this, e.g. rolling or updating a revoked or
+    expired key. Retrying will not help."""
+
+
 class Unavailable(KeysvcError):
     """keysvc could not decide: unreachable, overloaded, or out of time.
 
@@ -74,6 +82,7 @@ _BY_CODE: dict[grpc.StatusCode, type[KeysvcError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
 }

@@ -2,16 +2,20 @@
 the typed client.
 
 They talk to a running server, never to its database, so they need nothing of the server package.
+A raw key is printed only where one is made (`keys create`, `keys roll`); keys read from
+standard input (`keys revoke-leaked`, `authorize`) are never printed back.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import ipaddress
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -20,16 +24,20 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from keysvc_client._common import UNSET, Unset
 from keysvc_client._connection import Connection
 from keysvc_client._sync import KeyServiceClient
 from keysvc_client._tls import channel_security
-from keysvc_client.cli import admin_token
+from keysvc_client.cli import admin_token, when
 from keysvc_client.errors import KeysvcError
 from keysvc_client.v1 import keysvc_pb2
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_DENIED = 1
 EXIT_FAILED = 2
+# RevokeLeakedKeys takes at most this many keys a call; the command sends them in batches.
+LEAKED_KEYS_PER_CALL = 100
+STORE_IT_NOW = "Store this key now: it is shown this once and can never be retrieved again."
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -164,8 +172,18 @@ def _mode(value: keysvc_pb2.Mode.ValueType) -> str:
     return keysvc_pb2.Mode.Name(value).removeprefix("MODE_").lower()
 
 
-def _status(value: keysvc_pb2.KeyStatus.ValueType) -> str:
-    return keysvc_pb2.KeyStatus.Name(value).removeprefix("KEY_STATUS_").lower()
+EXPIRING = "expiring"
+
+
+def _status(key: keysvc_pb2.Key) -> str:
+    """active, expiring (active, with an expire_time), expired or revoked."""
+    if key.status == keysvc_pb2.KEY_STATUS_ACTIVE and key.HasField("expire_time"):
+        return EXPIRING
+    return keysvc_pb2.KeyStatus.Name(key.status).removeprefix("KEY_STATUS_").lower()
+
+
+def _ips(key: keysvc_pb2.Key) -> str:
+    return ",".join(key.allowed_ips) or "any"
 
 
 KEY_COLUMNS = (
@@ -176,9 +194,12 @@ KEY_COLUMNS = (
     "SCOPES",
     "LAST USED",
     "CREATED",
+    "EXPIRES",
     "STATUS",
     "REVOKED",
 )
+# One key shown alone (get, revoke, update) has room for these too.
+KEY_DETAIL_COLUMNS = (*KEY_COLUMNS, "ALLOWED IPS", "REASON")
 
 
 def _key_row(key: keysvc_pb2.Key) -> tuple[str, ...]:
@@ -190,9 +211,14 @@ def _key_row(key: keysvc_pb2.Key) -> tuple[str, ...]:
         ",".join(key.scopes),
         _time(key.last_used_at, "never"),
         _time(key.created_at, "-"),
-        _status(key.status),
+        _time(key.expire_time, "never"),
+        _status(key),
         _time(key.revoked_at, "-"),
     )
+
+
+def _key_detail_row(key: keysvc_pb2.Key) -> tuple[str, ...]:
+    return (*_key_row(key), _ips(key), key.revocation_reason or "-")
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -207,18 +233,44 @@ def _print_json(message: object) -> None:
     print(json.dumps(message, indent=2))
 
 
-def _as_dict(message: Message) -> object:
+def _as_dict(message: Message) -> dict[str, object]:
     # Every field, false and empty ones included, so scripts can read "allowed" always.
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
 
 
+def _scopes(values: Sequence[str]) -> list[str]:
+    """--scope values, each one scope or a comma-separated list."""
+    return [s for value in values for s in value.split(",") if s]
+
+
+def _print_secret(secret: str) -> None:
+    print()
+    print(f"    {secret}")
+    print()
+    print(STORE_IT_NOW)
+
+
+def _print_limits(key: keysvc_pb2.Key) -> None:
+    """The key's expiry and allowed addresses, when it has them."""
+    if key.HasField("expire_time"):
+        print(f"Expires {_time(key.expire_time, 'never')}.")
+    if key.allowed_ips:
+        print(f"Allowed only from {', '.join(key.allowed_ips)}.")
+
+
 @_reported
 def _create(args: argparse.Namespace) -> int:
-    scopes = [s for value in args.scope for s in value.split(",") if s]
     with _client(args) as client:
-        created = client.create_key(args.account, args.name, args.mode, scopes)
+        created = client.create_key(
+            args.account,
+            args.name,
+            args.mode,
+            _scopes(args.scope),
+            expire_time=args.expires,
+            allowed_ips=args.allow_ip,
+        )
     if args.json:
         _print_json(_as_dict(created))
         return 0
@@ -226,21 +278,69 @@ def _create(args: argparse.Namespace) -> int:
     print(
         f"Created {_mode(key.mode)} key {key.id} ({key.name}) with scopes {', '.join(key.scopes)}"
     )
-    print()
-    print(f"    {created.secret}")
-    print()
-    print("Store this key now: it is shown this once and can never be retrieved again.")
+    _print_limits(key)
+    _print_secret(created.secret)
+    return 0
+
+
+@_reported
+def _roll(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        rolled = client.roll_key(args.account, args.id, grace=args.grace)
+    if args.json:
+        _print_json(_as_dict(rolled))
+        return 0
+    old, new = rolled.rolled, rolled.key
+    print(
+        f"Rolled key {old.id} ({old.name}): new {_mode(new.mode)} key {new.id}"
+        f" with scopes {', '.join(new.scopes)}"
+    )
+    _print_limits(new)
+    if old.status == keysvc_pb2.KEY_STATUS_ACTIVE and old.HasField("expire_time"):
+        print(f"The old key {old.id} keeps working until {_time(old.expire_time, '-')}.")
+    else:
+        print(f"The old key {old.id} is {_status(old)}.")
+    _print_secret(rolled.secret)
+    return 0
+
+
+@_reported
+def _update(args: argparse.Namespace) -> int:
+    # --any-ip and --allow-ip, --never-expires and --expires exclude each other (argparse).
+    allowed_ips: list[str] | None = [] if args.any_ip else args.allow_ip
+    expire_time: datetime | Unset | None = UNSET if args.expires is None else args.expires
+    if args.never_expires:
+        expire_time = None
+    if (args.name, args.scope, allowed_ips, expire_time) == (None, None, None, UNSET):
+        raise CommandError(
+            "keys update: nothing to change: give --name, --scope, --allow-ip, --any-ip,"
+            " --expires or --never-expires"
+        )
+    with _client(args) as client:
+        updated = client.update_key(
+            args.account,
+            args.id,
+            name=args.name,
+            scopes=None if args.scope is None else _scopes(args.scope),
+            allowed_ips=allowed_ips,
+            expire_time=expire_time,
+        )
+    _show_key(updated, args.json)
     return 0
 
 
 @_reported
 def _list(args: argparse.Namespace) -> int:
+    # "expiring" is not a status of the contract: it is an active key with an expire_time.
+    status = "active" if args.status == EXPIRING else args.status
     with _client(args) as client:
-        keys = list(
-            client.iter_keys(
-                args.account, mode=args.mode, status=args.status, page_size=args.page_size
+        keys = [
+            key
+            for key in client.iter_keys(
+                args.account, mode=args.mode, status=status, page_size=args.page_size
             )
-        )
+            if args.status != EXPIRING or key.HasField("expire_time")
+        ]
     if args.json:
         _print_json([_as_dict(key) for key in keys])
     elif keys:
@@ -254,7 +354,7 @@ def _show_key(key: keysvc_pb2.Key, as_json: bool) -> None:
     if as_json:
         _print_json(_as_dict(key))
     else:
-        _print_table(KEY_COLUMNS, [_key_row(key)])
+        _print_table(KEY_DETAIL_COLUMNS, [_key_detail_row(key)])
 
 
 @_reported
@@ -267,16 +367,65 @@ def _get(args: argparse.Namespace) -> int:
 @_reported
 def _revoke(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        _show_key(client.revoke_key(args.account, args.id), args.json)
+        _show_key(client.revoke_key(args.account, args.id, reason=args.reason), args.json)
+    return 0
+
+
+LEAK_COLUMNS = ("LINE", "PREFIX", "OUTCOME", "KEY ID", "ACCOUNT")
+
+
+def _read_leaked_keys() -> list[tuple[int, str]]:
+    """The keys on standard input, one a line, with their line numbers; blank lines skipped."""
+    if sys.stdin.isatty():
+        print("Reading raw keys from standard input, one a line; end with Ctrl-D.", file=sys.stderr)
+    return [
+        (number, line.strip())
+        for number, line in enumerate(sys.stdin.read().splitlines(), start=1)
+        if line.strip()
+    ]
+
+
+def _batches(items: Sequence[tuple[int, str]], size: int) -> Iterator[Sequence[tuple[int, str]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@_reported
+def _revoke_leaked(args: argparse.Namespace) -> int:
+    lines = _read_leaked_keys()
+    if not lines:
+        raise CommandError("keys revoke-leaked: no keys on standard input: give them one a line")
+    results: list[tuple[int, keysvc_pb2.LeakedKey]] = []
+    with _client(args) as client:
+        for batch in _batches(lines, LEAKED_KEYS_PER_CALL):
+            response = client.revoke_leaked_keys([key for _, key in batch], source=args.source)
+            numbers = [number for number, _ in batch]
+            results += zip(numbers, response.results, strict=True)
+    if args.json:
+        _print_json([{"line": number, **_as_dict(result)} for number, result in results])
+        return 0
+    _print_table(
+        LEAK_COLUMNS,
+        [
+            (
+                str(number),
+                result.prefix or "-",
+                keysvc_pb2.LeakOutcome.Name(result.outcome).removeprefix("LEAK_OUTCOME_").lower(),
+                result.key_id or "-",
+                result.account_id or "-",
+            )
+            for number, result in results
+        ],
+    )
     return 0
 
 
 @_reported
 def _authorize(args: argparse.Namespace) -> int:
     api_key = args.key if args.key is not None else sys.stdin.readline().strip()
-    scopes = [s for value in args.scope for s in value.split(",") if s]
+    scopes = _scopes(args.scope)
     with _client(args, admin=False) as client:
-        decision = client.authorize(api_key, scopes, args.mode)
+        decision = client.authorize(api_key, scopes, args.mode, client_ip=args.client_ip)
     if args.json:
         _print_json(_as_dict(decision))
     else:
@@ -294,7 +443,7 @@ def _authorize(args: argparse.Namespace) -> int:
 
 
 @_reported
-def _scopes(args: argparse.Namespace) -> int:
+def _scopes_command(args: argparse.Namespace) -> int:
     with _client(args) as client:
         scopes = client.list_scopes()
     if args.json:
@@ -307,9 +456,32 @@ def _scopes(args: argparse.Namespace) -> int:
 AUDIT_COLUMNS = ("TIME", "ACTION", "KEY ID", "ACTOR", "PEER")
 
 
+def _changes(event: keysvc_pb2.AuditEvent) -> str:
+    return "; ".join(
+        f"{change.field}: {change.before or '-'} -> {change.after or '-'}"
+        for change in event.changes
+    )
+
+
+# Shown only when an event of the listing has them: (column, the event's value).
+AUDIT_DETAILS: tuple[tuple[str, Callable[[keysvc_pb2.AuditEvent], str]], ...] = (
+    ("RELATED KEY", lambda event: event.related_key_id),
+    ("REASON", lambda event: event.reason),
+    ("CHANGES", _changes),
+)
+
+
 def _audit_row(event: keysvc_pb2.AuditEvent) -> tuple[str, ...]:
     action = keysvc_pb2.AuditAction.Name(event.action).removeprefix("AUDIT_ACTION_").lower()
     return (_time(event.occurred_at, "-"), action, event.key_id, event.actor, event.peer)
+
+
+def _print_audit(events: Sequence[keysvc_pb2.AuditEvent]) -> None:
+    details = [(name, value) for name, value in AUDIT_DETAILS if any(map(value, events))]
+    _print_table(
+        (*AUDIT_COLUMNS, *(name for name, _ in details)),
+        [(*_audit_row(event), *(value(event) or "-" for _, value in details)) for event in events],
+    )
 
 
 @_reported
@@ -319,14 +491,46 @@ def _audit_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([_as_dict(event) for event in events])
     elif events:
-        _print_table(AUDIT_COLUMNS, [_audit_row(event) for event in events])
+        _print_audit(events)
     else:
         print(f"No audit events in account {args.account}.")
     return 0
 
 
+def _expiry(text: str) -> datetime:
+    """--expires WHEN: a duration from now or an RFC 3339 time (argparse names the flag)."""
+    try:
+        return when.parse_expiry(text, datetime.now(UTC))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _grace(text: str) -> timedelta:
+    try:
+        return when.parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err}; 0 revokes the old key at once") from None
+
+
+def _address(text: str) -> str:
+    """--allow-ip: an IPv4 or IPv6 address or CIDR range, passed on as written."""
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "expected an IP address or CIDR range such as 203.0.113.7, 10.0.0.0/8 or"
+            f" 2001:db8::/32, got {text!r}"
+        ) from None
+    return text.strip()
+
+
+def _add_key_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--account", required=True, help="account id")
+    parser.add_argument("id", help="key id (the ID column of `keysvc keys list`)")
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = commands.add_parser("keys", help="create, list, get and revoke keys")
+    keys = commands.add_parser("keys", help="create, list, get, roll, update and revoke keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
 
     create = key_commands.add_parser("create", help="create a key and print its secret once")
@@ -335,29 +539,115 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     create.add_argument("--mode", required=True, choices=("live", "test"))
     create.add_argument(
         "--scope",
+        "--scopes",
         action="append",
         required=True,
         help="a scope to grant; repeat or separate with commas (see `keysvc scopes`)",
+    )
+    create.add_argument(
+        "--expires",
+        metavar="WHEN",
+        type=_expiry,
+        help=f"when the key stops working: a duration from now ({when.DURATION_EXAMPLES}) or"
+        f" an RFC 3339 time ({when.TIME_EXAMPLE}); default never",
+    )
+    create.add_argument(
+        "--allow-ip",
+        metavar="CIDR",
+        action="append",
+        type=_address,
+        default=[],
+        help="an address or CIDR range the key may be used from; repeat for more;"
+        " default any address",
     )
     create.set_defaults(run=_create)
 
     listing = key_commands.add_parser("list", help="list an account's keys, newest first")
     listing.add_argument("--account", required=True, help="account id")
     listing.add_argument("--mode", choices=("live", "test"))
-    listing.add_argument("--status", choices=("active", "revoked"))
+    listing.add_argument(
+        "--status",
+        choices=("active", EXPIRING, "expired", "revoked"),
+        help="active keys include the expiring ones (active, with an expiry)",
+    )
     listing.add_argument("--page-size", type=int, default=100, help="keys fetched per call")
     listing.set_defaults(run=_list)
 
-    for name, run, text in (("get", _get, "show one key"), ("revoke", _revoke, "revoke a key")):
-        command = key_commands.add_parser(name, help=text)
-        command.add_argument("--account", required=True, help="account id")
-        command.add_argument("id", help="key id (the ID column of `keysvc keys list`)")
-        command.set_defaults(run=run)
+    get = key_commands.add_parser("get", help="show one key")
+    _add_key_arguments(get)
+    get.set_defaults(run=_get)
 
-    audit = commands.add_parser("audit", help="who created and revoked keys, when, from where")
+    roll = key_commands.add_parser(
+        "roll",
+        help="replace a key with a new one, printing its secret once; the old key keeps"
+        " working for --grace",
+    )
+    _add_key_arguments(roll)
+    roll.add_argument(
+        "--grace",
+        required=True,
+        type=_grace,
+        help=f"how long the old key keeps working ({when.DURATION_EXAMPLES}; at most 7d);"
+        " 0 revokes it at once",
+    )
+    roll.set_defaults(run=_roll)
+
+    update = key_commands.add_parser(
+        "update", help="change a key's name, scopes, allowed addresses or expiry"
+    )
+    _add_key_arguments(update)
+    update.add_argument("--name", help="the new label")
+    update.add_argument(
+        "--scope",
+        "--scopes",
+        action="append",
+        help="replaces the scopes the key holds (give them all); repeat or separate with commas",
+    )
+    ips = update.add_mutually_exclusive_group()
+    ips.add_argument(
+        "--allow-ip",
+        metavar="CIDR",
+        action="append",
+        type=_address,
+        help="replaces the addresses or CIDR ranges the key may be used from (give them all);"
+        " repeat for more",
+    )
+    ips.add_argument("--any-ip", action="store_true", help="let the key be used from any address")
+    expiry = update.add_mutually_exclusive_group()
+    expiry.add_argument(
+        "--expires",
+        metavar="WHEN",
+        type=_expiry,
+        help=f"a new expiry: a duration from now ({when.DURATION_EXAMPLES}) or an RFC 3339 time",
+    )
+    expiry.add_argument("--never-expires", action="store_true", help="remove the key's expiry")
+    update.set_defaults(run=_update)
+
+    revoke = key_commands.add_parser("revoke", help="revoke a key, for good")
+    _add_key_arguments(revoke)
+    revoke.add_argument(
+        "--reason",
+        default="",
+        help="why, kept with the key and in the audit trail: compromised, unused, or free text",
+    )
+    revoke.set_defaults(run=_revoke)
+
+    leaked = key_commands.add_parser(
+        "revoke-leaked",
+        help="revoke raw keys found in the open, read from standard input one a line, in any"
+        " account",
+    )
+    leaked.add_argument(
+        "--source", default="", help="where they were found (a URL or a description)"
+    )
+    leaked.set_defaults(run=_revoke_leaked)
+
+    audit = commands.add_parser(
+        "audit", help="who created, rolled, updated and revoked keys, when, from where"
+    )
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     audit_list = audit_commands.add_parser(
-        "list", help="an account's key creations and revocations, newest first"
+        "list", help="an account's key creations, rolls, updates and revocations, newest first"
     )
     audit_list.add_argument("--account", required=True, help="account id")
     audit_list.add_argument("--page-size", type=int, default=100, help="events fetched per call")
@@ -371,10 +661,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     authorize.add_argument("--scope", action="append", default=[], help="a required scope")
     authorize.add_argument("--mode", choices=("live", "test"), help="the mode required")
+    authorize.add_argument(
+        "--client-ip",
+        default="",
+        metavar="ADDRESS",
+        help="the address the request came from, for keys restricted to allowed IPs",
+    )
     authorize.set_defaults(run=_authorize)
 
     scopes = commands.add_parser("scopes", help="list the scopes keys can be granted")
-    scopes.set_defaults(run=_scopes)
+    scopes.set_defaults(run=_scopes_command)
 
     health = commands.add_parser(
         "health", help="ask the gRPC health service whether keysvc serves (exit 0 if it does)"
@@ -385,8 +681,6 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     health.set_defaults(run=_health)
 
     for parser in (
-        create,
-        listing,
         *key_commands.choices.values(),
         audit_list,
         authorize,

@@ -122,7 +122,11 @@ class KeysvcRoute(APIRoute):
 
         async def checked(request: Request) -> Response:
             values = request.headers.getlist("authorization")
-            verdict = await guard.check(authorization_value(values), scopes)
+            verdict = await guard.check(
+                authorization_value(values),
+                scopes,
+                client_ip=guard.trusted_proxies.asgi_client(request.scope),
+            )
             if not verdict.allowed:
                 return error_response(verdict, guard.realm)
             # A dict of this request's own: the key must never reach another request's state.

@@ -64,7 +64,11 @@ def requires(guard: Guard, *scopes: str) -> Callable[[Callable[_P, Any]], Callab
             # Whatever an earlier request left in a long-lived flask.g is gone before the check.
             g.pop(G_KEY, None)
             values = request.headers.getlist("Authorization")
-            verdict = guard.check(authorization_value(values), required)
+            verdict = guard.check(
+                authorization_value(values),
+                required,
+                client_ip=guard.trusted_proxies.wsgi_client(request.environ),
+            )
             if not verdict.allowed:
                 return error_response(verdict, guard.realm)
             request.environ[_ENVIRON_KEY] = verdict.key

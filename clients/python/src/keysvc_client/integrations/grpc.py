@@ -148,7 +148,12 @@ class KeysvcInterceptor(grpc.ServerInterceptor):
         checked = required
 
         def authorize(context: grpc.ServicerContext) -> KeyContext:
-            verdict = self._guard.check(_authorization(context.invocation_metadata()), checked)
+            metadata = context.invocation_metadata()
+            verdict = self._guard.check(
+                _authorization(metadata),
+                checked,
+                client_ip=self._guard.trusted_proxies.grpc_client(context.peer(), metadata),
+            )
             if not verdict.allowed or verdict.key is None:
                 _refuse(context, verdict)
             assert verdict.key is not None
@@ -265,15 +270,16 @@ class AsyncKeysvcInterceptor(grpc.aio.ServerInterceptor):
             return handler
         checked = required
 
-        async def check(metadata: _Metadata | None) -> Verdict:
-            return await self._guard.check(_authorization(metadata), checked)
+        async def check(peer: str, metadata: _Metadata | None) -> Verdict:
+            client_ip = self._guard.trusted_proxies.grpc_client(peer, metadata)
+            return await self._guard.check(_authorization(metadata), checked, client_ip=client_ip)
 
         if not _is_async(handler):
 
             def authorize_sync(context: grpc.ServicerContext) -> KeyContext:
                 # On grpc.aio's thread pool: the Guard's channel lives on the server's loop.
                 future = asyncio.run_coroutine_threadsafe(
-                    check(context.invocation_metadata()), loop
+                    check(context.peer(), context.invocation_metadata()), loop
                 )
                 verdict = future.result()
                 if not verdict.allowed or verdict.key is None:
@@ -284,7 +290,7 @@ class AsyncKeysvcInterceptor(grpc.aio.ServerInterceptor):
             return _wrap(handler, authorize_sync)
 
         async def authorize(context: grpc.aio.ServicerContext[Any, Any]) -> KeyContext:
-            verdict = await check(context.invocation_metadata())
+            verdict = await check(context.peer(), context.invocation_metadata())
             if not verdict.allowed or verdict.key is None:
                 return await _refuse_async(context, verdict)
             return verdict.key

@@ -82,7 +82,11 @@ def requires(
                 return _misconfigured(
                     request, "Starlette's requires() on a FastAPI route runs after its dependencies"
                 )
-            verdict = await guard.check(_authorization(request.headers), required)
+            verdict = await guard.check(
+                _authorization(request.headers),
+                required,
+                client_ip=guard.trusted_proxies.asgi_client(request.scope),
+            )
             if not verdict.allowed:
                 return error_response(verdict, guard.realm)
             setattr(request.state, STATE_KEY, verdict.key)
@@ -189,7 +193,11 @@ class KeysvcMiddleware:
         if required is None:
             await self._undeclared(scope, receive, send, path, sorted(declared))
             return
-        verdict = await self._guard.check(_authorization(Headers(scope=scope)), required)
+        verdict = await self._guard.check(
+            _authorization(Headers(scope=scope)),
+            required,
+            client_ip=self._guard.trusted_proxies.asgi_client(scope),
+        )
         if not verdict.allowed:
             await error_response(verdict, self._guard.realm)(scope, receive, send)
             return

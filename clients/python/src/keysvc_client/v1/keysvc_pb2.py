@@ -22,54 +22,72 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16keysvc/v1/keysvc.proto\x12\tkeysvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x03Key\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12\x1d\n\x04mode\x18\x05 \x01(\x0e\x32\x0f.keysvc.v1.Mode\x12\x0e\n\x06scopes\x18\x06 \x03(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06status\x18\n \x01(\x0e\x32\x14.keysvc.v1.KeyStatus\"c\n\x10\x43reateKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1d\n\x04mode\x18\x03 \x01(\x0e\x32\x0f.keysvc.v1.Mode\x12\x0e\n\x06scopes\x18\x04 \x03(\t\"@\n\x11\x43reateKeyResponse\x12\x1b\n\x03key\x18\x01 \x01(\x0b\x32\x0e.keysvc.v1.Key\x12\x0e\n\x06secret\x18\x02 \x01(\t\"/\n\rGetKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\x91\x01\n\x0fListKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1d\n\x04mode\x18\x04 \x01(\x0e\x32\x0f.keysvc.v1.Mode\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.keysvc.v1.KeyStatus\"I\n\x10ListKeysResponse\x12\x1c\n\x04keys\x18\x01 \x03(\x0b\x32\x0e.keysvc.v1.Key\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10RevokeKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"d\n\x10\x41uthorizeRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x17\n\x0frequired_scopes\x18\x02 \x03(\t\x12&\n\rrequired_mode\x18\x03 \x01(\x0e\x32\x0f.keysvc.v1.Mode\"\xc7\x01\n\x11\x41uthorizeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x13\n\x0bhttp_status\x18\x02 \x01(\x05\x12!\n\x06reason\x18\x03 \x01(\x0e\x32\x11.keysvc.v1.Reason\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x12\n\naccount_id\x18\x05 \x01(\t\x12\x1d\n\x04mode\x18\x06 \x01(\x0e\x32\x0f.keysvc.v1.Mode\x12\x0e\n\x06scopes\x18\x07 \x03(\t\x12\x16\n\x0emissing_scopes\x18\x08 \x03(\t\"\x13\n\x11ListScopesRequest\"*\n\x05Scope\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"6\n\x12ListScopesResponse\x12 \n\x06scopes\x18\x01 \x03(\x0b\x32\x10.keysvc.v1.Scope\"\xb2\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12&\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x16.keysvc.v1.AuditAction\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0c\n\x04peer\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\x16ListAuditEventsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x17ListAuditEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.keysvc.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*:\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\r\n\tMODE_LIVE\x10\x01\x12\r\n\tMODE_TEST\x10\x02*V\n\tKeyStatus\x12\x1a\n\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATUS_ACTIVE\x10\x01\x12\x16\n\x12KEY_STATUS_REVOKED\x10\x02*\xbe\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n\x0eREASON_ALLOWED\x10\x01\x12\x12\n\x0eREASON_MISSING\x10\x02\x12\x14\n\x10REASON_MALFORMED\x10\x03\x12\x14\n\x10REASON_NOT_FOUND\x10\x04\x12\x12\n\x0eREASON_REVOKED\x10\x05\x12\x1d\n\x19REASON_INSUFFICIENT_SCOPE\x10\x06\x12\x15\n\x11REASON_WRONG_MODE\x10\x07*g\n\x0b\x41uditAction\x12\x1c\n\x18\x41UDIT_ACTION_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIT_ACTION_KEY_CREATED\x10\x01\x12\x1c\n\x18\x41UDIT_ACTION_KEY_REVOKED\x10\x02\x32\xf4\x03\n\nKeyService\x12\x46\n\tCreateKey\x12\x1b.keysvc.v1.CreateKeyRequest\x1a\x1c.keysvc.v1.CreateKeyResponse\x12\x32\n\x06GetKey\x12\x18.keysvc.v1.GetKeyRequest\x1a\x0e.keysvc.v1.Key\x12\x43\n\x08ListKeys\x12\x1a.keysvc.v1.ListKeysRequest\x1a\x1b.keysvc.v1.ListKeysResponse\x12\x38\n\tRevokeKey\x12\x1b.keysvc.v1.RevokeKeyRequest\x1a\x0e.keysvc.v1.Key\x12\x46\n\tAuthorize\x12\x1b.keysvc.v1.AuthorizeRequest\x1a\x1c.keysvc.v1.AuthorizeResponse\x12I\n\nListScopes\x12\x1c.keysvc.v1.ListScopesRequest\x1a\x1d.keysvc.v1.ListScopesResponse\x12X\n\x0fListAuditEvents\x12!.keysvc.v1.ListAuditEventsRequest\x1a\".keysvc.v1.ListAuditEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16keysvc/v1/keysvc.proto\x12\tkeysvc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x03\n\x03Key\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12\x1d\n\x04mode\x18\x05 \x01(\x0e\x32\x0f.keysvc.v1.Mode\x12\x0e\n\x06scopes\x18\x06 \x03(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06status\x18\n \x01(\x0e\x32\x14.keysvc.v1.KeyStatus\x12/\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61llowed_ips\x18\x0c \x03(\t\x12\x19\n\x11revocation_reason\x18\r \x01(\t\"\xa9\x01\n\x10\x43reateKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1d\n\x04mode\x18\x03 \x01(\x0e\x32\x0f.keysvc.v1.Mode\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61llowed_ips\x18\x06 \x03(\t\"@\n\x11\x43reateKeyResponse\x12\x1b\n\x03key\x18\x01 \x01(\x0b\x32\x0e.keysvc.v1.Key\x12\x0e\n\x06secret\x18\x02 \x01(\t\"/\n\rGetKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\x91\x01\n\x0fListKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1d\n\x04mode\x18\x04 \x01(\x0e\x32\x0f.keysvc.v1.Mode\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.keysvc.v1.KeyStatus\"I\n\x10ListKeysResponse\x12\x1c\n\x04keys\x18\x01 \x03(\x0b\x32\x0e.keysvc.v1.Key\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x10RevokeKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Z\n\x0eRollKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12(\n\x05grace\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"^\n\x0fRollKeyResponse\x12\x1b\n\x03key\x18\x01 \x01(\x0b\x32\x0e.keysvc.v1.Key\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x1e\n\x06rolled\x18\x03 \x01(\x0b\x32\x0e.keysvc.v1.Key\"`\n\x10UpdateKeyRequest\x12\x1b\n\x03key\x18\x01 \x01(\x0b\x32\x0e.keysvc.v1.Key\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"7\n\x17RevokeLeakedKeysRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"h\n\tLeakedKey\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.keysvc.v1.LeakOutcome\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\"A\n\x18RevokeLeakedKeysResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.keysvc.v1.LeakedKey\"w\n\x10\x41uthorizeRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x17\n\x0frequired_scopes\x18\x02 \x03(\t\x12&\n\rrequired_mode\x18\x03 \x01(\x0e\x32\x0f.keysvc.v1.Mode\x12\x11\n\tclient_ip\x18\x04 \x01(\t\"\xc7\x01\n\x11\x41uthorizeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x13\n\x0bhttp_status\x18\x02 \x01(\x05\x12!\n\x06reason\x18\x03 \x01(\x0e\x32\x11.keysvc.v1.Reason\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x12\n\naccount_id\x18\x05 \x01(\t\x12\x1d\n\x04mode\x18\x06 \x01(\x0e\x32\x0f.keysvc.v1.Mode\x12\x0e\n\x06scopes\x18\x07 \x03(\t\x12\x16\n\x0emissing_scopes\x18\x08 \x03(\t\"\x13\n\x11ListScopesRequest\"*\n\x05Scope\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"6\n\x12ListScopesResponse\x12 \n\x06scopes\x18\x01 \x03(\x0b\x32\x10.keysvc.v1.Scope\";\n\x0b\x46ieldChange\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06\x62\x65\x66ore\x18\x02 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\t\"\x83\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12&\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x16.keysvc.v1.AuditAction\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0c\n\x04peer\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x16\n\x0erelated_key_id\x18\t \x01(\t\x12\'\n\x07\x63hanges\x18\n \x03(\x0b\x32\x16.keysvc.v1.FieldChange\"S\n\x16ListAuditEventsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x17ListAuditEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.keysvc.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*:\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\r\n\tMODE_LIVE\x10\x01\x12\r\n\tMODE_TEST\x10\x02*n\n\tKeyStatus\x12\x1a\n\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATUS_ACTIVE\x10\x01\x12\x16\n\x12KEY_STATUS_REVOKED\x10\x02\x12\x16\n\x12KEY_STATUS_EXPIRED\x10\x03*\x83\x01\n\x0bLeakOutcome\x12\x1c\n\x18LEAK_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14LEAK_OUTCOME_REVOKED\x10\x01\x12 \n\x1cLEAK_OUTCOME_ALREADY_REVOKED\x10\x02\x12\x1a\n\x16LEAK_OUTCOME_NOT_FOUND\x10\x03*\xed\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n\x0eREASON_ALLOWED\x10\x01\x12\x12\n\x0eREASON_MISSING\x10\x02\x12\x14\n\x10REASON_MALFORMED\x10\x03\x12\x14\n\x10REASON_NOT_FOUND\x10\x04\x12\x12\n\x0eREASON_REVOKED\x10\x05\x12\x1d\n\x19REASON_INSUFFICIENT_SCOPE\x10\x06\x12\x15\n\x11REASON_WRONG_MODE\x10\x07\x12\x12\n\x0eREASON_EXPIRED\x10\x08\x12\x19\n\x15REASON_IP_NOT_ALLOWED\x10\t*\xc5\x01\n\x0b\x41uditAction\x12\x1c\n\x18\x41UDIT_ACTION_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIT_ACTION_KEY_CREATED\x10\x01\x12\x1c\n\x18\x41UDIT_ACTION_KEY_REVOKED\x10\x02\x12\x1b\n\x17\x41UDIT_ACTION_KEY_ROLLED\x10\x03\x12\x1c\n\x18\x41UDIT_ACTION_KEY_UPDATED\x10\x04\x12!\n\x1d\x41UDIT_ACTION_KEY_LEAK_REVOKED\x10\x05\x32\xcd\x05\n\nKeyService\x12\x46\n\tCreateKey\x12\x1b.keysvc.v1.CreateKeyRequest\x1a\x1c.keysvc.v1.CreateKeyResponse\x12\x32\n\x06GetKey\x12\x18.keysvc.v1.GetKeyRequest\x1a\x0e.keysvc.v1.Key\x12\x43\n\x08ListKeys\x12\x1a.keysvc.v1.ListKeysRequest\x1a\x1b.keysvc.v1.ListKeysResponse\x12\x38\n\tRevokeKey\x12\x1b.keysvc.v1.RevokeKeyRequest\x1a\x0e.keysvc.v1.Key\x12@\n\x07RollKey\x12\x19.keysvc.v1.RollKeyRequest\x1a\x1a.keysvc.v1.RollKeyResponse\x12\x38\n\tUpdateKey\x12\x1b.keysvc.v1.UpdateKeyRequest\x1a\x0e.keysvc.v1.Key\x12[\n\x10RevokeLeakedKeys\x12\".keysvc.v1.RevokeLeakedKeysRequest\x1a#.keysvc.v1.RevokeLeakedKeysResponse\x12\x46\n\tAuthorize\x12\x1b.keysvc.v1.AuthorizeRequest\x1a\x1c.keysvc.v1.AuthorizeResponse\x12I\n\nListScopes\x12\x1c.keysvc.v1.ListScopesRequest\x1a\x1d.keysvc.v1.ListScopesResponse\x12X\n\x0fListAuditEvents\x12!.keysvc.v1.ListAuditEventsRequest\x1a\".keysvc.v1.ListAuditEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keysvc_client.v1.keysvc_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODE']._serialized_start=1644
-  _globals['_MODE']._serialized_end=1702
-  _globals['_KEYSTATUS']._serialized_start=1704
-  _globals['_KEYSTATUS']._serialized_end=1790
-  _globals['_REASON']._serialized_start=1793
-  _globals['_REASON']._serialized_end=1983
-  _globals['_AUDITACTION']._serialized_start=1985
-  _globals['_AUDITACTION']._serialized_end=2088
-  _globals['_KEY']._serialized_start=71
-  _globals['_KEY']._serialized_end=369
-  _globals['_CREATEKEYREQUEST']._serialized_start=371
-  _globals['_CREATEKEYREQUEST']._serialized_end=470
-  _globals['_CREATEKEYRESPONSE']._serialized_start=472
-  _globals['_CREATEKEYRESPONSE']._serialized_end=536
-  _globals['_GETKEYREQUEST']._serialized_start=538
-  _globals['_GETKEYREQUEST']._serialized_end=585
-  _globals['_LISTKEYSREQUEST']._serialized_start=588
-  _globals['_LISTKEYSREQUEST']._serialized_end=733
-  _globals['_LISTKEYSRESPONSE']._serialized_start=735
-  _globals['_LISTKEYSRESPONSE']._serialized_end=808
-  _globals['_REVOKEKEYREQUEST']._serialized_start=810
-  _globals['_REVOKEKEYREQUEST']._serialized_end=860
-  _globals['_AUTHORIZEREQUEST']._serialized_start=862
-  _globals['_AUTHORIZEREQUEST']._serialized_end=962
-  _globals['_AUTHORIZERESPONSE']._serialized_start=965
-  _globals['_AUTHORIZERESPONSE']._serialized_end=1164
-  _globals['_LISTSCOPESREQUEST']._serialized_start=1166
-  _globals['_LISTSCOPESREQUEST']._serialized_end=1185
-  _globals['_SCOPE']._serialized_start=1187
-  _globals['_SCOPE']._serialized_end=1229
-  _globals['_LISTSCOPESRESPONSE']._serialized_start=1231
-  _globals['_LISTSCOPESRESPONSE']._serialized_end=1285
-  _globals['_AUDITEVENT']._serialized_start=1288
-  _globals['_AUDITEVENT']._serialized_end=1466
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1468
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1551
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1553
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1642
-  _globals['_KEYSERVICE']._serialized_start=2091
-  _globals['_KEYSERVICE']._serialized_end=2591
+  _globals['_MODE']._serialized_start=2571
+  _globals['_MODE']._serialized_end=2629
+  _globals['_KEYSTATUS']._serialized_start=2631
+  _globals['_KEYSTATUS']._serialized_end=2741
+  _globals['_LEAKOUTCOME']._serialized_start=2744
+  _globals['_LEAKOUTCOME']._serialized_end=2875
+  _globals['_REASON']._serialized_start=2878
+  _globals['_REASON']._serialized_end=3115
+  _globals['_AUDITACTION']._serialized_start=3118
+  _globals['_AUDITACTION']._serialized_end=3315
+  _globals['_KEY']._serialized_start=137
+  _globals['_KEY']._serialized_end=532
+  _globals['_CREATEKEYREQUEST']._serialized_start=535
+  _globals['_CREATEKEYREQUEST']._serialized_end=704
+  _globals['_CREATEKEYRESPONSE']._serialized_start=706
+  _globals['_CREATEKEYRESPONSE']._serialized_end=770
+  _globals['_GETKEYREQUEST']._serialized_start=772
+  _globals['_GETKEYREQUEST']._serialized_end=819
+  _globals['_LISTKEYSREQUEST']._serialized_start=822
+  _globals['_LISTKEYSREQUEST']._serialized_end=967
+  _globals['_LISTKEYSRESPONSE']._serialized_start=969
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1042
+  _globals['_REVOKEKEYREQUEST']._serialized_start=1044
+  _globals['_REVOKEKEYREQUEST']._serialized_end=1110
+  _globals['_ROLLKEYREQUEST']._serialized_start=1112
+  _globals['_ROLLKEYREQUEST']._serialized_end=1202
+  _globals['_ROLLKEYRESPONSE']._serialized_start=1204
+  _globals['_ROLLKEYRESPONSE']._serialized_end=1298
+  _globals['_UPDATEKEYREQUEST']._serialized_start=1300
+  _globals['_UPDATEKEYREQUEST']._serialized_end=1396
+  _globals['_REVOKELEAKEDKEYSREQUEST']._serialized_start=1398
+  _globals['_REVOKELEAKEDKEYSREQUEST']._serialized_end=1453
+  _globals['_LEAKEDKEY']._serialized_start=1455
+  _globals['_LEAKEDKEY']._serialized_end=1559
+  _globals['_REVOKELEAKEDKEYSRESPONSE']._serialized_start=1561
+  _globals['_REVOKELEAKEDKEYSRESPONSE']._serialized_end=1626
+  _globals['_AUTHORIZEREQUEST']._serialized_start=1628
+  _globals['_AUTHORIZEREQUEST']._serialized_end=1747
+  _globals['_AUTHORIZERESPONSE']._serialized_start=1750
+  _globals['_AUTHORIZERESPONSE']._serialized_end=1949
+  _globals['_LISTSCOPESREQUEST']._serialized_start=1951
+  _globals['_LISTSCOPESREQUEST']._serialized_end=1970
+  _globals['_SCOPE']._serialized_start=1972
+  _globals['_SCOPE']._serialized_end=2014
+  _globals['_LISTSCOPESRESPONSE']._serialized_start=2016
+  _globals['_LISTSCOPESRESPONSE']._serialized_end=2070
+  _globals['_FIELDCHANGE']._serialized_start=2072
+  _globals['_FIELDCHANGE']._serialized_end=2131
+  _globals['_AUDITEVENT']._serialized_start=2134
+  _globals['_AUDITEVENT']._serialized_end=2393
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=2395
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=2478
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=2480
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=2569
+  _globals['_KEYSERVICE']._serialized_start=3318
+  _globals['_KEYSERVICE']._serialized_end=4035
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,8 @@ on every /api/v1/* request.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -55,13 +57,42 @@ class _KeyStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyStatus.V
     KEY_STATUS_UNSPECIFIED: _KeyStatus.ValueType  # 0
     KEY_STATUS_ACTIVE: _KeyStatus.ValueType  # 1
     KEY_STATUS_REVOKED: _KeyStatus.ValueType  # 2
+    KEY_STATUS_EXPIRED: _KeyStatus.ValueType  # 3
+    """Its expire_time has passed. Like a revoked key, it never works again."""
 
 class KeyStatus(_KeyStatus, metaclass=_KeyStatusEnumTypeWrapper): ...
 
 KEY_STATUS_UNSPECIFIED: KeyStatus.ValueType  # 0
 KEY_STATUS_ACTIVE: KeyStatus.ValueType  # 1
 KEY_STATUS_REVOKED: KeyStatus.ValueType  # 2
+KEY_STATUS_EXPIRED: KeyStatus.ValueType  # 3
+"""Its expire_time has passed. Like a revoked key, it never works again."""
 Global___KeyStatus: _TypeAlias = KeyStatus  # noqa: Y015
+
+class _LeakOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LeakOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeakOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEAK_OUTCOME_UNSPECIFIED: _LeakOutcome.ValueType  # 0
+    LEAK_OUTCOME_REVOKED: _LeakOutcome.ValueType  # 1
+    """A real key, active until now: revoked."""
+    LEAK_OUTCOME_ALREADY_REVOKED: _LeakOutcome.ValueType  # 2
+    """A real key, revoked (or expired) before."""
+    LEAK_OUTCOME_NOT_FOUND: _LeakOutcome.ValueType  # 3
+    """Not a keysvc key, or no key with this id and secret exists."""
+
+class LeakOutcome(_LeakOutcome, metaclass=_LeakOutcomeEnumTypeWrapper): ...
+
+LEAK_OUTCOME_UNSPECIFIED: LeakOutcome.ValueType  # 0
+LEAK_OUTCOME_REVOKED: LeakOutcome.ValueType  # 1
+"""A real key, active until now: revoked."""
+LEAK_OUTCOME_ALREADY_REVOKED: LeakOutcome.ValueType  # 2
+"""A real key, revoked (or expired) before."""
+LEAK_OUTCOME_NOT_FOUND: LeakOutcome.ValueType  # 3
+"""Not a keysvc key, or no key with this id and secret exists."""
+Global___LeakOutcome: _TypeAlias = LeakOutcome  # noqa: Y015
 
 class _Reason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -84,6 +115,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """The key is valid but lacks one or more required scopes."""
     REASON_WRONG_MODE: _Reason.ValueType  # 7
     """The key is valid but of a mode this caller does not accept."""
+    REASON_EXPIRED: _Reason.ValueType  # 8
+    """The key's expire_time has passed (401)."""
+    REASON_IP_NOT_ALLOWED: _Reason.ValueType  # 9
+    """The key may not be used from this client_ip (403)."""
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper): ...
 
@@ -102,6 +137,10 @@ REASON_INSUFFICIENT_SCOPE: Reason.ValueType  # 6
 """The key is valid but lacks one or more required scopes."""
 REASON_WRONG_MODE: Reason.ValueType  # 7
 """The key is valid but of a mode this caller does not accept."""
+REASON_EXPIRED: Reason.ValueType  # 8
+"""The key's expire_time has passed (401)."""
+REASON_IP_NOT_ALLOWED: Reason.ValueType  # 9
+"""The key may not be used from this client_ip (403)."""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
 class _AuditAction:
@@ -113,12 +152,22 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     AUDIT_ACTION_UNSPECIFIED: _AuditAction.ValueType  # 0
     AUDIT_ACTION_KEY_CREATED: _AuditAction.ValueType  # 1
     AUDIT_ACTION_KEY_REVOKED: _AuditAction.ValueType  # 2
+    AUDIT_ACTION_KEY_ROLLED: _AuditAction.ValueType  # 3
+    """Rolled: key_id is the old key, related_key_id the new one."""
+    AUDIT_ACTION_KEY_UPDATED: _AuditAction.ValueType  # 4
+    AUDIT_ACTION_KEY_LEAK_REVOKED: _AuditAction.ValueType  # 5
+    """Revoked as leaked (RevokeLeakedKeys); `reason` holds where it was found."""
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper): ...
 
 AUDIT_ACTION_UNSPECIFIED: AuditAction.ValueType  # 0
 AUDIT_ACTION_KEY_CREATED: AuditAction.ValueType  # 1
 AUDIT_ACTION_KEY_REVOKED: AuditAction.ValueType  # 2
+AUDIT_ACTION_KEY_ROLLED: AuditAction.ValueType  # 3
+"""Rolled: key_id is the old key, related_key_id the new one."""
+AUDIT_ACTION_KEY_UPDATED: AuditAction.ValueType  # 4
+AUDIT_ACTION_KEY_LEAK_REVOKED: AuditAction.ValueType  # 5
+"""Revoked as leaked (RevokeLeakedKeys); `reason` holds where it was found."""
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 @_typing.final
@@ -135,6 +184,9 @@ class Key(_message.Message):
     LAST_USED_AT_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    ALLOWED_IPS_FIELD_NUMBER: _builtins.int
+    REVOCATION_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Public identifier of the key; also embedded in the raw key."""
     account_id: _builtins.str
@@ -143,6 +195,10 @@ class Key(_message.Message):
     """Mode prefix plus the first six characters of the key body, e.g. ck_live_abc123."""
     mode: Global___Mode.ValueType
     status: Global___KeyStatus.ValueType
+    revocation_reason: _builtins.str
+    """Why the key was revoked (e.g. "compromised", "leaked", "rolled"); empty if
+    none was given or the key is active.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sorted, without duplicates."""
@@ -157,6 +213,16 @@ class Key(_message.Message):
     def revoked_at(self) -> _timestamp_pb2.Timestamp:
         """Unset while the key is active."""
 
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the key stops working; unset means never."""
+
+    @_builtins.property
+    def allowed_ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Addresses and CIDR ranges requests with this key may come from (IPv4 and
+        IPv6); empty means any address.
+        """
+
     def __init__(
         self,
         *,
@@ -170,10 +236,13 @@ class Key(_message.Message):
         last_used_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
         status: Global___KeyStatus.ValueType = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        allowed_ips: _abc.Iterable[_builtins.str] | None = ...,
+        revocation_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "last_used_at", b"last_used_at", "revoked_at", b"revoked_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expire_time", b"expire_time", "last_used_at", b"last_used_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "created_at", b"created_at", "id", b"id", "last_used_at", b"last_used_at", "mode", b"mode", "name", b"name", "prefix", b"prefix", "revoked_at", b"revoked_at", "scopes", b"scopes", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allowed_ips", b"allowed_ips", "created_at", b"created_at", "expire_time", b"expire_time", "id", b"id", "last_used_at", b"last_used_at", "mode", b"mode", "name", b"name", "prefix", b"prefix", "revocation_reason", b"revocation_reason", "revoked_at", b"revoked_at", "scopes", b"scopes", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -187,6 +256,8 @@ class CreateKeyRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    ALLOWED_IPS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     name: _builtins.str
     """A descriptive label, e.g. "Production server"."""
@@ -195,6 +266,16 @@ class CreateKeyRequest(_message.Message):
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """At least one scope from the catalogue (see ListScopes); duplicates are folded."""
 
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the key stops working, in the future; unset means never."""
+
+    @_builtins.property
+    def allowed_ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Addresses or CIDR ranges (e.g. "203.0.113.7", "10.0.0.0/8", "2001:db8::/32");
+        empty means any address. At most 100.
+        """
+
     def __init__(
         self,
         *,
@@ -202,10 +283,12 @@ class CreateKeyRequest(_message.Message):
         name: _builtins.str = ...,
         mode: Global___Mode.ValueType = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        allowed_ips: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "mode", b"mode", "name", b"name", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allowed_ips", b"allowed_ips", "expire_time", b"expire_time", "mode", b"mode", "name", b"name", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -322,21 +405,199 @@ class RevokeKeyRequest(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     id: _builtins.str
+    reason: _builtins.str
+    """Why, e.g. "compromised", "leaked", "unused" or free text; at most 200
+    characters. Kept with the key and in the audit trail.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         id: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "id", b"id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeKeyRequest: _TypeAlias = RevokeKeyRequest  # noqa: Y015
+
+@_typing.final
+class RollKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    GRACE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    id: _builtins.str
+    @_builtins.property
+    def grace(self) -> _duration_pb2.Duration:
+        """How long the old key keeps working: 0 revokes it at once; at most 7 days."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+        grace: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace", b"grace"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "grace", b"grace", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollKeyRequest: _TypeAlias = RollKeyRequest  # noqa: Y015
+
+@_typing.final
+class RollKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    ROLLED_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """The new raw key. Returned here and never again by anything: store it now."""
+    @_builtins.property
+    def key(self) -> Global___Key:
+        """The new key."""
+
+    @_builtins.property
+    def rolled(self) -> Global___Key:
+        """The old key as it is now: expiring at the end of the grace period (or
+        sooner, at its own expire_time), or revoked when the grace was 0.
+        """
+
+    def __init__(
+        self,
+        *,
+        key: Global___Key | None = ...,
+        secret: _builtins.str = ...,
+        rolled: Global___Key | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "rolled", b"rolled"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "rolled", b"rolled", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollKeyResponse: _TypeAlias = RollKeyResponse  # noqa: Y015
+
+@_typing.final
+class UpdateKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___Key:
+        """The key's new state; `account_id` and `id` name the key."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which of name, scopes, allowed_ips and expire_time to change. Omitted: every
+        one of them set in `key`. "*": all four, unset ones cleared (scopes excepted).
+        """
+
+    def __init__(
+        self,
+        *,
+        key: Global___Key | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateKeyRequest: _TypeAlias = UpdateKeyRequest  # noqa: Y015
+
+@_typing.final
+class RevokeLeakedKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Where they were found (a URL or a description); kept in the audit trail."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Raw keys as found, e.g. in a public repository. At most 100."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeLeakedKeysRequest: _TypeAlias = RevokeLeakedKeysRequest  # noqa: Y015
+
+@_typing.final
+class LeakedKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    """The key's display prefix (e.g. ck_live_abc123), never the raw key; empty
+    when the string was not a well-formed keysvc key.
+    """
+    outcome: Global___LeakOutcome.ValueType
+    key_id: _builtins.str
+    """Set for a real key."""
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.str = ...,
+        outcome: Global___LeakOutcome.ValueType = ...,
+        key_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "key_id", b"key_id", "outcome", b"outcome", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeakedKey: _TypeAlias = LeakedKey  # noqa: Y015
+
+@_typing.final
+class RevokeLeakedKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeakedKey]:
+        """One per key sent, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___LeakedKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeLeakedKeysResponse: _TypeAlias = RevokeLeakedKeysResponse  # noqa: Y015
 
 @_typing.final
 class AuthorizeRequest(_message.Message):
@@ -345,10 +606,15 @@ class AuthorizeRequest(_message.Message):
     API_KEY_FIELD_NUMBER: _builtins.int
     REQUIRED_SCOPES_FIELD_NUMBER: _builtins.int
     REQUIRED_MODE_FIELD_NUMBER: _builtins.int
+    CLIENT_IP_FIELD_NUMBER: _builtins.int
     api_key: _builtins.str
     """The raw key, or the whole Authorization header value ("Bearer ck_live_...")."""
     required_mode: Global___Mode.ValueType
     """If set, keys of the other mode are refused (a staging server refuses live keys)."""
+    client_ip: _builtins.str
+    """The address the API request came from, for keys restricted to allowed_ips.
+    A restricted key is refused when it is missing or not an IP address.
+    """
     @_builtins.property
     def required_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every one of these must be held by the key; empty means any valid key."""
@@ -359,10 +625,11 @@ class AuthorizeRequest(_message.Message):
         api_key: _builtins.str = ...,
         required_scopes: _abc.Iterable[_builtins.str] | None = ...,
         required_mode: Global___Mode.ValueType = ...,
+        client_ip: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "required_mode", b"required_mode", "required_scopes", b"required_scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "client_ip", b"client_ip", "required_mode", b"required_mode", "required_scopes", b"required_scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -476,6 +743,33 @@ class ListScopesResponse(_message.Message):
 Global___ListScopesResponse: _TypeAlias = ListScopesResponse  # noqa: Y015
 
 @_typing.final
+class FieldChange(_message.Message):
+    """One field an UpdateKey changed; values as text, never a secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    before: _builtins.str
+    after: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        before: _builtins.str = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldChange: _TypeAlias = FieldChange  # noqa: Y015
+
+@_typing.final
 class AuditEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -486,6 +780,9 @@ class AuditEvent(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     PEER_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RELATED_KEY_ID_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     account_id: _builtins.str
     action: Global___AuditAction.ValueType
@@ -494,8 +791,16 @@ class AuditEvent(_message.Message):
     """Who did it: the admin credential's name or the client certificate's identity."""
     peer: _builtins.str
     """Where the call came from, as gRPC names the peer (e.g. "ipv4:127.0.0.1:53122")."""
+    reason: _builtins.str
+    """A revocation's reason, or where a leaked key was found."""
+    related_key_id: _builtins.str
+    """For a roll: the new key's id."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldChange]:
+        """For an update: what changed."""
+
     def __init__(
         self,
         *,
@@ -506,10 +811,13 @@ class AuditEvent(_message.Message):
         actor: _builtins.str = ...,
         peer: _builtins.str = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        related_key_id: _builtins.str = ...,
+        changes: _abc.Iterable[Global___FieldChange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "action", b"action", "actor", b"actor", "id", b"id", "key_id", b"key_id", "occurred_at", b"occurred_at", "peer", b"peer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "action", b"action", "actor", b"actor", "changes", b"changes", "id", b"id", "key_id", b"key_id", "occurred_at", b"occurred_at", "peer", b"peer", "reason", b"reason", "related_key_id", b"related_key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,6 +54,21 @@ class KeyServiceStub:
                 request_serializer=keysvc_dot_v1_dot_keysvc__pb2.RevokeKeyRequest.SerializeToString,
                 response_deserializer=keysvc_dot_v1_dot_keysvc__pb2.Key.FromString,
                 _registered_method=True)
+        self.RollKey = channel.unary_unary(
+                '/keysvc.v1.KeyService/RollKey',
+                request_serializer=keysvc_dot_v1_dot_keysvc__pb2.RollKeyRequest.SerializeToString,
+                response_deserializer=keysvc_dot_v1_dot_keysvc__pb2.RollKeyResponse.FromString,
+                _registered_method=True)
+        self.UpdateKey = channel.unary_unary(
+                '/keysvc.v1.KeyService/UpdateKey',
+                request_serializer=keysvc_dot_v1_dot_keysvc__pb2.UpdateKeyRequest.SerializeToString,
+                response_deserializer=keysvc_dot_v1_dot_keysvc__pb2.Key.FromString,
+                _registered_method=True)
+        self.RevokeLeakedKeys = channel.unary_unary(
+                '/keysvc.v1.KeyService/RevokeLeakedKeys',
+                request_serializer=keysvc_dot_v1_dot_keysvc__pb2.RevokeLeakedKeysRequest.SerializeToString,
+                response_deserializer=keysvc_dot_v1_dot_keysvc__pb2.RevokeLeakedKeysResponse.FromString,
+                _registered_method=True)
         self.Authorize = channel.unary_unary(
                 '/keysvc.v1.KeyService/Authorize',
                 request_serializer=keysvc_dot_v1_dot_keysvc__pb2.AuthorizeRequest.SerializeToString,
@@ -97,7 +112,33 @@ class KeyServiceServicer:
 
     def RevokeKey(self, request, context):
         """Revokes a key at once and for good. Revoking a revoked key is harmless and
-        keeps its first revoked_at.
+        keeps its first revoked_at and reason. Returns once no replica allows the key
+        to a request sent afterwards.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollKey(self, request, context):
+        """Replaces a key: a new key with the old one's name, mode, scopes, allowed IPs
+        and expiry, while the old one keeps working for `grace` (never longer than it
+        would have anyway). Grace 0 revokes the old key at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateKey(self, request, context):
+        """Changes a key's name, scopes, allowed IPs or expiry (AIP-134). A change that
+        narrows what the key may do holds like a revocation once this returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeLeakedKeys(self, request, context):
+        """Revokes keys found in the open, given as raw keys, in any account: for an
+        operator or a secret scanner. Each one is checked to be the real key first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,7 +161,8 @@ class KeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAuditEvents(self, request, context):
-        """The account's audit trail: every key creation and revocation, newest first.
+        """The account's audit trail: every key creation, roll, update and revocation,
+        newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +190,21 @@ def add_KeyServiceServicer_to_server(servicer, server):
                     servicer.RevokeKey,
                     request_deserializer=keysvc_dot_v1_dot_keysvc__pb2.RevokeKeyRequest.FromString,
                     response_serializer=keysvc_dot_v1_dot_keysvc__pb2.Key.SerializeToString,
+            ),
+            'RollKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollKey,
+                    request_deserializer=keysvc_dot_v1_dot_keysvc__pb2.RollKeyRequest.FromString,
+                    response_serializer=keysvc_dot_v1_dot_keysvc__pb2.RollKeyResponse.SerializeToString,
+            ),
+            'UpdateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateKey,
+                    request_deserializer=keysvc_dot_v1_dot_keysvc__pb2.UpdateKeyRequest.FromString,
+                    response_serializer=keysvc_dot_v1_dot_keysvc__pb2.Key.SerializeToString,
+            ),
+            'RevokeLeakedKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeLeakedKeys,
+                    request_deserializer=keysvc_dot_v1_dot_keysvc__pb2.RevokeLeakedKeysRequest.FromString,
+                    response_serializer=keysvc_dot_v1_dot_keysvc__pb2.RevokeLeakedKeysResponse.SerializeToString,
             ),
             'Authorize': grpc.unary_unary_rpc_method_handler(
                     servicer.Authorize,
@@ -273,6 +330,87 @@ class KeyService:
             '/keysvc.v1.KeyService/RevokeKey',
             keysvc_dot_v1_dot_keysvc__pb2.RevokeKeyRequest.SerializeToString,
             keysvc_dot_v1_dot_keysvc__pb2.Key.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keysvc.v1.KeyService/RollKey',
+            keysvc_dot_v1_dot_keysvc__pb2.RollKeyRequest.SerializeToString,
+            keysvc_dot_v1_dot_keysvc__pb2.RollKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keysvc.v1.KeyService/UpdateKey',
+            keysvc_dot_v1_dot_keysvc__pb2.UpdateKeyRequest.SerializeToString,
+            keysvc_dot_v1_dot_keysvc__pb2.Key.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeLeakedKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keysvc.v1.KeyService/RevokeLeakedKeys',
+            keysvc_dot_v1_dot_keysvc__pb2.RevokeLeakedKeysRequest.SerializeToString,
+            keysvc_dot_v1_dot_keysvc__pb2.RevokeLeakedKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,7 +44,21 @@ class KeyServiceStub:
     """Lists the account's keys, newest first; revoked keys stay listed."""
     RevokeKey: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.RevokeKeyRequest, _keysvc_pb2.Key]
     """Revokes a key at once and for good. Revoking a revoked key is harmless and
-    keeps its first revoked_at.
+    keeps its first revoked_at and reason. Returns once no replica allows the key
+    to a request sent afterwards.
+    """
+    RollKey: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.RollKeyRequest, _keysvc_pb2.RollKeyResponse]
+    """Replaces a key: a new key with the old one's name, mode, scopes, allowed IPs
+    and expiry, while the old one keeps working for `grace` (never longer than it
+    would have anyway). Grace 0 revokes the old key at once.
+    """
+    UpdateKey: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.UpdateKeyRequest, _keysvc_pb2.Key]
+    """Changes a key's name, scopes, allowed IPs or expiry (AIP-134). A change that
+    narrows what the key may do holds like a revocation once this returns.
+    """
+    RevokeLeakedKeys: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.RevokeLeakedKeysRequest, _keysvc_pb2.RevokeLeakedKeysResponse]
+    """Revokes keys found in the open, given as raw keys, in any account: for an
+    operator or a secret scanner. Each one is checked to be the real key first.
     """
     Authorize: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.AuthorizeRequest, _keysvc_pb2.AuthorizeResponse]
     """Decides whether a request carrying `api_key` may proceed. A decision about
@@ -54,7 +68,9 @@ class KeyServiceStub:
     ListScopes: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.ListScopesRequest, _keysvc_pb2.ListScopesResponse]
     """The scope catalogue keys can be granted from."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.ListAuditEventsRequest, _keysvc_pb2.ListAuditEventsResponse]
-    """The account's audit trail: every key creation and revocation, newest first."""
+    """The account's audit trail: every key creation, roll, update and revocation,
+    newest first.
+    """
 
 @_typing.type_check_only
 class KeyServiceAsyncStub(KeyServiceStub):
@@ -67,7 +83,21 @@ class KeyServiceAsyncStub(KeyServiceStub):
     """Lists the account's keys, newest first; revoked keys stay listed."""
     RevokeKey: _aio.UnaryUnaryMultiCallable[_keysvc_pb2.RevokeKeyRequest, _keysvc_pb2.Key]  # type: ignore[assignment]
     """Revokes a key at once and for good. Revoking a revoked key is harmless and
-    keeps its first revoked_at.
+    keeps its first revoked_at and reason. Returns once no replica allows the key
+    to a request sent afterwards.
+    """
+    RollKey: _aio.UnaryUnaryMultiCallable[_keysvc_pb2.RollKeyRequest, _keysvc_pb2.RollKeyResponse]  # type: ignore[assignment]
+    """Replaces a key: a new key with the old one's name, mode, scopes, allowed IPs
+    and expiry, while the old one keeps working for `grace` (never longer than it
+    would have anyway). Grace 0 revokes the old key at once.
+    """
+    UpdateKey: _aio.UnaryUnaryMultiCallable[_keysvc_pb2.UpdateKeyRequest, _keysvc_pb2.Key]  # type: ignore[assignment]
+    """Changes a key's name, scopes, allowed IPs or expiry (AIP-134). A change that
+    narrows what the key may do holds like a revocation once this returns.
+    """
+    RevokeLeakedKeys: _aio.UnaryUnaryMultiCallable[_keysvc_pb2.RevokeLeakedKeysRequest, _keysvc_pb2.RevokeLeakedKeysResponse]  # type: ignore[assignment]
+    """Revokes keys found in the open, given as raw keys, in any account: for an
+    operator or a secret scanner. Each one is checked to be the real key first.
     """
     Authorize: _aio.UnaryUnaryMultiCallable[_keysvc_pb2.AuthorizeRequest, _keysvc_pb2.AuthorizeResponse]  # type: ignore[assignment]
     """Decides whether a request carrying `api_key` may proceed. A decision about
@@ -77,7 +107,9 @@ class KeyServiceAsyncStub(KeyServiceStub):
     ListScopes: _aio.UnaryUnaryMultiCallable[_keysvc_pb2.ListScopesRequest, _keysvc_pb2.ListScopesResponse]  # type: ignore[assignment]
     """The scope catalogue keys can be granted from."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_keysvc_pb2.ListAuditEventsRequest, _keysvc_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
-    """The account's audit trail: every key creation and revocation, newest first."""
+    """The account's audit trail: every key creation, roll, update and revocation,
+    newest first.
+    """
 
 class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -111,7 +143,39 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_keysvc_pb2.Key, _abc.Awaitable[_keysvc_pb2.Key]]:
         """Revokes a key at once and for good. Revoking a revoked key is harmless and
-        keeps its first revoked_at.
+        keeps its first revoked_at and reason. Returns once no replica allows the key
+        to a request sent afterwards.
+        """
+
+    @_abc_1.abstractmethod
+    def RollKey(
+        self,
+        request: _keysvc_pb2.RollKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keysvc_pb2.RollKeyResponse, _abc.Awaitable[_keysvc_pb2.RollKeyResponse]]:
+        """Replaces a key: a new key with the old one's name, mode, scopes, allowed IPs
+        and expiry, while the old one keeps working for `grace` (never longer than it
+        would have anyway). Grace 0 revokes the old key at once.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateKey(
+        self,
+        request: _keysvc_pb2.UpdateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keysvc_pb2.Key, _abc.Awaitable[_keysvc_pb2.Key]]:
+        """Changes a key's name, scopes, allowed IPs or expiry (AIP-134). A change that
+        narrows what the key may do holds like a revocation once this returns.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeLeakedKeys(
+        self,
+        request: _keysvc_pb2.RevokeLeakedKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keysvc_pb2.RevokeLeakedKeysResponse, _abc.Awaitable[_keysvc_pb2.RevokeLeakedKeysResponse]]:
+        """Revokes keys found in the open, given as raw keys, in any account: for an
+        operator or a secret scanner. Each one is checked to be the real key first.
         """
 
     @_abc_1.abstractmethod
@@ -139,6 +203,8 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _keysvc_pb2.ListAuditEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_keysvc_pb2.ListAuditEventsResponse, _abc.Awaitable[_keysvc_pb2.ListAuditEventsResponse]]:
-        """The account's audit trail: every key creation and revocation, newest first."""
+        """The account's audit trail: every key creation, roll, update and revocation,
+        newest first.
+        """
 
 def add_KeyServiceServicer_to_server(servicer: KeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

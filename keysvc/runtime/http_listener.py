@@ -1,0 +1,173 @@
+"""The listener of --http-listen: GitHub secret scanning (keysvc.api.github) served by uvicorn
+inside keysvc's own event loop, with the gRPC listener's TLS certificate and rules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from keysvc.access.github_signatures import GitHubPublicKeys, KeysFileError
+from keysvc.api import github
+from keysvc.core.errors import StartupError
+from keysvc.runtime.config import Settings
+from keysvc.runtime.security import is_loopback
+
+log = logging.getLogger(__name__)
+
+_START_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class HttpListener:
+    """What --http-listen needs, checked before anything starts."""
+
+    listen: str
+    public_keys: GitHubPublicKeys
+    tls: bool
+
+
+def configured(settings: Settings) -> HttpListener | None:
+    """The HTTP listener the settings ask for (None: none), its keys read and its transport
+    checked; a StartupError names what is missing or wrong."""
+    if settings.http_listen is None:
+        if settings.github_keys_file is not None:
+            raise StartupError(
+                "--github-keys-file is for the GitHub secret scanning endpoint: give"
+                " --http-listen HOST:PORT too"
+            )
+        return None
+    listen = settings.http_listen
+    if settings.github_keys_file is None:
+        raise StartupError(
+            f"--http-listen {listen} serves GitHub secret scanning, which needs"
+            " --github-keys-file: GitHub's public keys, saved from"
+            " https://api.github.com/meta/public_keys/secret_scanning"
+        )
+    # The same rule as the gRPC listener (keysvc.runtime.security.server_credentials).
+    tls = settings.tls_cert is not None
+    if not tls and not is_loopback(listen):
+        if not settings.insecure:
+            raise StartupError(
+                f"refusing to serve --http-listen {listen} without TLS: leaked keys would"
+                " cross the network in clear text. Give --tls-cert and --tls-key, or pass"
+                " --insecure if something in front of keysvc terminates TLS"
+            )
+        log.warning("--insecure: serving GitHub secret scanning on %s in clear text", listen)
+    try:
+        public_keys = GitHubPublicKeys.load(settings.github_keys_file)
+    except KeysFileError as err:
+        raise StartupError(f"--github-keys-file {err}") from err
+    log.info(
+        "GitHub secret scanning keys: %s (%d keys, current: %s)",
+        settings.github_keys_file,
+        len(public_keys.keys),
+        ", ".join(sorted(public_keys.current)) or "none marked",
+    )
+    return HttpListener(listen=listen, public_keys=public_keys, tls=tls)
+
+
+def _bind(listen: str) -> socket.socket:
+    host, _, port_text = listen.rpartition(":")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise StartupError(f"--http-listen {listen}: expected HOST:PORT") from None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as err:
+        raise StartupError(f"cannot listen on {listen} (--http-listen): {err}") from err
+    try:
+        # Restarts may bind at once; two live listeners on one port still cannot.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as err:
+        sock.close()
+        raise StartupError(f"cannot listen on {listen} (--http-listen): {err}") from err
+    return sock
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # keysvc's own SIGTERM and SIGINT handlers shut everything down (runtime.server.serve);
+        # uvicorn's would replace them.
+        yield
+
+
+class HttpServer:
+    """The HTTP listener: start() binds and serves, stop() stops taking requests and lets
+    those in flight finish, up to the shutdown grace."""
+
+    def __init__(
+        self, listener: HttpListener, revoker: github.LeakRevoker, settings: Settings
+    ) -> None:
+        self._listener = listener
+        self._config = uvicorn.Config(
+            github.create_app(revoker, listener.public_keys),
+            http="h11",
+            ws="none",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            # The audit trail records the connection's peer: no X-Forwarded-For is trusted.
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
+            # GitHub presents no client certificate: its signature is its proof, so this
+            # listener never asks for one, mutual TLS on the gRPC listener or not.
+            ssl_certfile=str(settings.tls_cert) if listener.tls else None,
+            ssl_keyfile=str(settings.tls_key) if listener.tls and settings.tls_key else None,
+        )
+        self._server = _Server(self._config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        """Serves; returns the listener's URL (http[s]://HOST:PORT)."""
+        listen = self._listener.listen
+        sock = _bind(listen)
+        port = sock.getsockname()[1]
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            # uvicorn's notes on starting and stopping; its errors still show.
+            logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        try:
+            self._config.load()
+        except (OSError, ValueError) as err:
+            sock.close()
+            raise StartupError(
+                f"cannot serve TLS on {listen} (--http-listen) with --tls-cert and --tls-key: {err}"
+            ) from err
+        task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http-listener")
+        self._task = task
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _START_TIMEOUT_SECONDS
+        while not self._server.started and not task.done():
+            if loop.time() > deadline:
+                await self.stop()
+                raise StartupError(f"the HTTP listener on {listen} did not start")
+            await asyncio.sleep(0.01)
+        if task.done():
+            self._task = None
+            raise StartupError(f"cannot serve on {listen} (--http-listen): {task.exception()}")
+        host = listen.rpartition(":")[0]
+        url = f"{'https' if self._listener.tls else 'http'}://{host}:{port}"
+        log.info("GitHub secret scanning on %s%s", url, github.PATH)
+        return url
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task
+        self._task = None
