@@ -15,9 +15,14 @@ from typing import Any
 
 from keysvc.access.callers import Caller, Callers, Role
 from keysvc.core import keys
-from keysvc.core.errors import PermissionDenied, Unauthenticated
+from keysvc.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
 AUTHORIZER_RPCS = frozenset({"Authorize"})
+
+# Metadata an admin tool (the dashboard) sends to say on whose behalf it calls: the audit
+# trail then names both, "alice via dashboard".
+ON_BEHALF_OF = "x-keysvc-on-behalf-of"
+_ON_BEHALF_OF_MAX = 100
 
 # Stands for the caller of an open Authorize, which needs no credential.
 ANONYMOUS = Caller("anonymous", Role.AUTHORIZER)
@@ -30,6 +35,25 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
             if token:
                 return token
     return None
+
+
+def acting_for(caller: Caller, metadata: Iterable[tuple[str, Any]] | None) -> str:
+    """The actor the audit trail records for `caller`: its name, or "<user> via <name>" when
+    an admin caller says on whose behalf it acts. Only admins may say so."""
+    values = [value for name, value in metadata or () if name == ON_BEHALF_OF]
+    if not values:
+        return caller.name
+    if caller.role is not Role.ADMIN:
+        raise PermissionDenied(f"{ON_BEHALF_OF}: only an admin caller may act for someone")
+    (user,) = values if len(values) == 1 else (None,)
+    if not isinstance(user, str) or not user.strip():
+        raise InvalidArgument(f"{ON_BEHALF_OF}: one non-empty user name")
+    user = user.strip()
+    if len(user) > _ON_BEHALF_OF_MAX or any(not c.isprintable() for c in user):
+        raise InvalidArgument(
+            f"{ON_BEHALF_OF}: at most {_ON_BEHALF_OF_MAX} printable characters"
+        )
+    return f"{user} via {caller.name}"
 
 
 def certificate_identities(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:

@@ -13,7 +13,7 @@ from keysvc_client.v1 import keysvc_pb2 as pb
 from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 
 from keysvc.access.callers import Caller
-from keysvc.access.gate import Gate
+from keysvc.access.gate import Gate, acting_for
 from keysvc.api import convert
 from keysvc.api.status import status_code
 from keysvc.core import scopes
@@ -40,8 +40,10 @@ class Call:
 
     @property
     def actor(self) -> Actor:
-        # The peer is asked for only here: Authorize, on the hot path, never needs it.
-        return Actor(self.caller.name, self.context.peer())
+        # The peer and the metadata are read only here: Authorize, on the hot path, never
+        # needs them.
+        name = acting_for(self.caller, self.context.invocation_metadata())
+        return Actor(name, self.context.peer())
 
 
 def _rpc(handler: Handler[Request, Response]) -> Method[Request, Response]:

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import grpc
 import pytest
 from keysvc_client import (
     InvalidArgument,
@@ -186,6 +187,57 @@ class TestNamedCallers:
             (REVOKED, "dashboard"),
             (CREATED, "dashboard"),
         ]
+
+
+class TestOnBehalfOf:
+    """An admin tool acting for its own users (the dashboard) says for whom; the trail names
+    both."""
+
+    def test_records_the_user_and_the_caller(
+        self, callers_server: ServerProcess, account: str
+    ) -> None:
+        with callers_server.channel() as channel:
+            stub = callers_server.stub(channel)
+            metadata = (
+                ("authorization", f"Bearer {DASHBOARD_TOKEN}"),
+                ("x-keysvc-on-behalf-of", "alice@example.com"),
+            )
+            request = pb.CreateKeyRequest(
+                account_id=account, name="n", mode=pb.MODE_LIVE, scopes=["links:read"]
+            )
+            created = stub.CreateKey(request, metadata=metadata, timeout=10)
+            stub.RevokeKey(
+                pb.RevokeKeyRequest(account_id=account, id=created.key.id),
+                metadata=metadata,
+                timeout=10,
+            )
+        with callers_server.client(token=DASHBOARD_TOKEN) as dashboard:
+            events = list(dashboard.iter_audit_events(account))
+        assert [(e.action, e.actor) for e in events] == [
+            (REVOKED, "alice@example.com via dashboard"),
+            (CREATED, "alice@example.com via dashboard"),
+        ]
+
+    @pytest.mark.parametrize("user", ["", "   ", "a" * 101], ids=["empty", "blank", "long"])
+    def test_a_bad_user_name_is_refused_and_nothing_written(
+        self, callers_server: ServerProcess, account: str, user: str
+    ) -> None:
+        with callers_server.channel() as channel:
+            stub = callers_server.stub(channel)
+            metadata = (
+                ("authorization", f"Bearer {DASHBOARD_TOKEN}"),
+                ("x-keysvc-on-behalf-of", user),
+            )
+            request = pb.CreateKeyRequest(
+                account_id=account, name="n", mode=pb.MODE_LIVE, scopes=["links:read"]
+            )
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.CreateKey(request, metadata=metadata, timeout=10)
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "x-keysvc-on-behalf-of" in (raised.value.details() or "")
+        with callers_server.client(token=DASHBOARD_TOKEN) as dashboard:
+            assert list(dashboard.iter_audit_events(account)) == []
+            assert list(dashboard.list_keys(account).keys) == []
 
 
 class TestCli:
