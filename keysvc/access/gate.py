@@ -50,9 +50,7 @@ def acting_for(caller: Caller, metadata: Iterable[tuple[str, Any]] | None) -> st
         raise InvalidArgument(f"{ON_BEHALF_OF}: one non-empty user name")
     user = user.strip()
     if len(user) > _ON_BEHALF_OF_MAX or any(not c.isprintable() for c in user):
-        raise InvalidArgument(
-            f"{ON_BEHALF_OF}: at most {_ON_BEHALF_OF_MAX} printable characters"
-        )
+        raise InvalidArgument(f"{ON_BEHALF_OF}: at most {_ON_BEHALF_OF_MAX} printable characters")
     return f"{user} via {caller.name}"
 
 

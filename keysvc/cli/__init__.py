@@ -1,4 +1,5 @@
-"""The server's commands of `keysvc`: serve, migrate, and callers new-token.
+"""The server's commands of `keysvc`: serve, migrate, and callers new-token (and, from
+keysvc.dashboard, `keysvc dashboard`).
 
 The `keysvc` command itself is keysvc-client's, with the admin commands, which need no server
 code; these join it through this package's `keysvc.commands` entry point (add_commands).
@@ -17,6 +18,7 @@ from keysvc_client import cli as client_cli
 
 from keysvc.cli import callers
 from keysvc.core.errors import StartupError
+from keysvc.dashboard import cli as dashboard_cli
 from keysvc.runtime import config
 
 
@@ -75,7 +77,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m keysvc`: the `keysvc` command, with these commands even where this package's
     entry point is not installed (a source tree on PYTHONPATH)."""
-    return client_cli.main(argv, commands=[add_commands])
+    return client_cli.main(argv, commands=[add_commands, dashboard_cli.add_commands])
 
 
 if __name__ == "__main__":

@@ -143,7 +143,8 @@ class TestTheInstall:
         assert listed.returncode == 0, listed.stderr
         listed_commands = re.findall(r"^ {4}(\S+)", listed.stdout, re.MULTILINE)
         assert sorted(listed_commands) == [
-            "audit", "authorize", "callers", "health", "keys", "migrate", "scopes", "serve",
+            "audit", "authorize", "callers", "dashboard", "health", "keys", "migrate", "scopes",
+            "serve",
         ]  # fmt: skip
 
 
@@ -224,8 +225,9 @@ class TestServerCommands:
             ["migrate"],
             ["callers", "new-token", "--name", "ci", "--role", "admin"],
             ["serve", "--help"],
+            ["dashboard", "serve", "--users", "users.toml"],
         ],
-        ids=["serve", "migrate", "callers", "serve-help"],
+        ids=["serve", "migrate", "callers", "serve-help", "dashboard"],
     )
     def test_say_the_server_package_is_not_installed(
         self, venv: ClientVenv, args: list[str]

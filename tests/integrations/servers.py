@@ -142,6 +142,11 @@ def _start(
     return served
 
 
+# A port found free can be taken by another process before the server binds it: the start is
+# then retried on another.
+PORT_ATTEMPTS = 3
+
+
 @contextmanager
 def asgi(
     factory: str,
@@ -153,28 +158,36 @@ def asgi(
 ) -> Iterator[SampleServer]:
     """`uvicorn --factory tests.integrations.sample_apps:<factory>` on a free loopback port
     (`host` "::" listens on every address, IPv4 and IPv6)."""
-    port = free_port()
-    listening = None
-    if host == "::":
-        # uvicorn (asyncio) binds "::" to IPv6 only: it is handed a dual-stack socket instead.
-        listening = _dual_stack(port)
-        where = ["--fd", str(listening.fileno())]
-    else:
-        where = ["--host", host, "--port", str(port)]
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        f"tests.integrations.sample_apps:{factory}",
-        *where,
-        "--lifespan",
-        "on",  # a table that does not match the app stops the start, loudly
-        "--no-access-log",
-        *uvicorn_args,
-    ]
-    log_path = directory / f"{factory}-{port}.log"
-    served = _start(command, port, log_path, _env(keysvc_target, env), listening)
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        listening = None
+        if host == "::":
+            # uvicorn (asyncio) binds "::" to IPv6 only: it is handed a dual-stack socket.
+            listening = _dual_stack(port)
+            where = ["--fd", str(listening.fileno())]
+        else:
+            where = ["--host", host, "--port", str(port)]
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            f"tests.integrations.sample_apps:{factory}",
+            *where,
+            "--lifespan",
+            "on",  # a table that does not match the app stops the start, loudly
+            "--no-access-log",
+            *uvicorn_args,
+        ]
+        log_path = directory / f"{factory}-{port}.log"
+        try:
+            served = _start(command, port, log_path, _env(keysvc_target, env), listening)
+        except AssertionError as err:
+            # The free port was taken by another process between the check and the bind.
+            if "in use" not in str(err) or attempt == PORT_ATTEMPTS - 1:
+                raise
+            continue
+        break
     try:
         yield served
     finally:
@@ -191,11 +204,19 @@ def wsgi(
     env: Mapping[str, str] | None = None,
 ) -> Iterator[SampleServer]:
     """`python -m tests.integrations.sample_apps <app>`: werkzeug, on a free loopback port."""
-    port = free_port()
-    command = [sys.executable, "-m", "tests.integrations.sample_apps", app]
-    command += ["--host", host, "--port", str(port)]
-    log_path = directory / f"{app}-{port}.log"
-    served = _start(command, port, log_path, _env(keysvc_target, env))
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        command = [sys.executable, "-m", "tests.integrations.sample_apps", app]
+        command += ["--host", host, "--port", str(port)]
+        log_path = directory / f"{app}-{port}.log"
+        try:
+            served = _start(command, port, log_path, _env(keysvc_target, env))
+        except AssertionError as err:
+            # The free port was taken by another process between the check and the bind.
+            if "in use" not in str(err) or attempt == PORT_ATTEMPTS - 1:
+                raise
+            continue
+        break
     try:
         yield served
     finally:

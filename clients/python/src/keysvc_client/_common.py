@@ -18,6 +18,7 @@ from keysvc_client.errors import KeysvcError
 from keysvc_client.v1 import keysvc_pb2
 
 __all__ = [
+    "ON_BEHALF_OF",
     "UNSET",
     "Metadata",
     "ModeLike",
@@ -25,6 +26,7 @@ __all__ = [
     "Unset",
     "authorize_request",
     "bearer_credential",
+    "checked_on_behalf_of",
     "create_key_request",
     "list_keys_request",
     "metadata_for",
@@ -143,11 +145,35 @@ def to_duration(value: timedelta, what: str) -> Duration:
     return duration
 
 
-def metadata_for(token: str | None) -> Metadata | None:
-    """The call metadata carrying `token` (checked non-empty by connection_of), if any."""
-    if token is None:
+ON_BEHALF_OF = "x-keysvc-on-behalf-of"
+"""The metadata an admin tool sends to say on whose behalf it calls: keysvc's audit trail then
+records the actor as "<user> via <caller>"."""
+
+
+def metadata_for(token: str | None, on_behalf_of: str | None = None) -> Metadata | None:
+    """The call metadata carrying `token` (checked non-empty by connection_of) and the user
+    the caller acts for, if any."""
+    metadata: list[tuple[str, str]] = []
+    if token is not None:
+        metadata.append(("authorization", f"{_BEARER_SCHEME} {token}"))
+    if on_behalf_of is not None:
+        metadata.append((ON_BEHALF_OF, on_behalf_of))
+    return tuple(metadata) or None
+
+
+def checked_on_behalf_of(value: str | None) -> str | None:
+    """`value` if it can be sent as the on-behalf-of metadata; ValueError if not, when the
+    client is built rather than as a puzzling error on its first call."""
+    if value is None:
         return None
-    return (("authorization", f"{_BEARER_SCHEME} {token}"),)
+    if not isinstance(value, str):
+        raise TypeError(f"on_behalf_of must be a str, not {type(value).__name__}")
+    # gRPC metadata values are printable ASCII; keysvc also refuses a blank one.
+    if not value.strip() or not all(" " <= c <= "~" for c in value):
+        raise ValueError(
+            f"on_behalf_of must be a non-empty user name of printable ASCII, got {value!r}"
+        )
+    return value
 
 
 def bearer_credential(value: str) -> str | None:

@@ -29,8 +29,11 @@ class KeyServiceClient:
     caller's token as `admin_token` (an authorizer's token goes there too), and `tls_ca`,
     `tls_cert`, `tls_key`, `tls_server_name`, `credentials` and `options` as Connection
     documents them. Every call uses `timeout` seconds and sends the token, if any, as
-    `authorization: Bearer <token>`. Failed calls raise keysvc_client.errors.KeysvcError
-    subclasses. Use it as a context manager, or call close(), to release the channel.
+    `authorization: Bearer <token>`. An admin tool acting for its own users (the dashboard)
+    names the user as `on_behalf_of`: every call then carries `x-keysvc-on-behalf-of: <user>`
+    and keysvc's audit trail records the actor as "<user> via <caller>". Failed calls raise
+    keysvc_client.errors.KeysvcError subclasses. Use it as a context manager, or call close(),
+    to release the channel.
     """
 
     def __init__(
@@ -39,13 +42,16 @@ class KeyServiceClient:
         *,
         admin_token: str | None = None,
         timeout: float = 5.0,
+        on_behalf_of: str | None = None,
         **settings: Unpack[ChannelKeywords],
     ) -> None:
         connection = connection_of(
             "KeyServiceClient", target, ("admin_token", admin_token), settings
         )
         self._timeout = timeout
-        self._metadata = _common.metadata_for(connection.token)
+        self._metadata = _common.metadata_for(
+            connection.token, _common.checked_on_behalf_of(on_behalf_of)
+        )
         credentials, options = channel_security(connection)
         if credentials is None:
             self._channel: grpc.Channel = grpc.insecure_channel(connection.target, options=options)

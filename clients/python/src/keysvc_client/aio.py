@@ -37,13 +37,16 @@ class KeyServiceClient:
         *,
         admin_token: str | None = None,
         timeout: float = 5.0,
+        on_behalf_of: str | None = None,
         **settings: Unpack[ChannelKeywords],
     ) -> None:
         connection = connection_of(
             "KeyServiceClient", target, ("admin_token", admin_token), settings
         )
         self._timeout = timeout
-        self._metadata = _common.metadata_for(connection.token)
+        self._metadata = _common.metadata_for(
+            connection.token, _common.checked_on_behalf_of(on_behalf_of)
+        )
         credentials, options = channel_security(connection)
         target = connection.target
         if credentials is None:

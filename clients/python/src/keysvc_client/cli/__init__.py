@@ -32,6 +32,7 @@ SERVER_COMMANDS = {
     "serve": "run the gRPC server",
     "migrate": "bring the database to the latest schema",
     "callers": "manage who may call keysvc (the callers file)",
+    "dashboard": "the web dashboard: serve it, and manage who may sign in",
 }
 EXIT_FAILED = 2
 

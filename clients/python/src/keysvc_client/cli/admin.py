@@ -66,6 +66,15 @@ def _reported(command: Command) -> Command:
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that talks to a server: add_connection_options, --json."""
+    add_connection_options(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Where keysvc is and how to reach it: --target, --data-dir (the admin-token file),
+    --timeout and the TLS options; admin_connection(args) reads them. Other programs that call
+    keysvc as an admin (`keysvc dashboard serve`) take them from here, to take them alike."""
     parser.add_argument(
         "--target",
         default=os.environ.get("KEYSVC_TARGET", DEFAULT_TARGET),
@@ -78,7 +87,6 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
         help="where the server keeps its generated admin-token file ($KEYSVC_DATA_DIR)",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     tls = parser.add_argument_group("TLS (plaintext unless one of these is given)")
     tls.add_argument(
         "--tls",
@@ -133,6 +141,12 @@ def _connection(args: argparse.Namespace, *, admin: bool) -> Connection:
         tls_server_name=args.tls_server_name,
         credentials=grpc.ssl_channel_credentials() if args.tls and files == (None,) * 3 else None,
     )
+
+
+def admin_connection(args: argparse.Namespace) -> Connection:
+    """The Connection of the options add_connection_options added, with the admin credential
+    the admin commands use; CommandError when there is none (and no client certificate)."""
+    return _connection(args, admin=True)
 
 
 def _client(args: argparse.Namespace, *, admin: bool = True) -> KeyServiceClient:
