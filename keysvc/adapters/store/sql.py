@@ -21,6 +21,7 @@ from keysvc.adapters.store.schema import api_keys, audit_events, cache_mac_key, 
 from keysvc.core import keys
 from keysvc.core.errors import Unavailable
 from keysvc.core.model import (
+    UPDATABLE_FIELDS,
     Actor,
     ApiKey,
     AuditAction,
@@ -394,9 +395,7 @@ class SqlKeyStore:
             if not changes:
                 return Update(before=before, after=before, seq=None)
             values = {
-                key: value
-                for key, value in _key_values(after).items()
-                if key in ("name", "scopes", "allowed_ips", "expire_time")
+                key: value for key, value in _key_values(after).items() if key in UPDATABLE_FIELDS
             }
             conn.execute(
                 api_keys.update()
