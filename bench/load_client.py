@@ -91,13 +91,20 @@ class Load:
 
 
 class LoadProcess:
-    """A running `python -m bench.load`, spoken to in JSON lines over its stdin and stdout."""
+    """A running `python -m bench.load` (or another `module` of the same protocol), spoken to
+    in JSON lines over its stdin and stdout."""
 
-    def __init__(self, name: str, job: dict[str, Any], *, log_path: Path, cwd: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        job: dict[str, Any],
+        *,
+        log_path: Path,
+        cwd: Path,
+        module: str = "bench.load",
+    ) -> None:
         self.name = name
-        self.child = Child(
-            name, [PYTHON, "-m", "bench.load"], log_path=log_path, pipes=True, cwd=cwd
-        )
+        self.child = Child(name, [PYTHON, "-m", module], log_path=log_path, pipes=True, cwd=cwd)
         self._buffer = b""
         self.send(job)
 
@@ -163,14 +170,15 @@ class ClosedLoopProcess(LoadProcess):
         super().__init__(name, job, log_path=log_path, cwd=cwd)
         self._ours = ours
 
-    def run(self, seconds: float) -> dict[str, Any]:
-        self.send({"run": seconds, "ours": self._ours()})
+    def run(self, seconds: float, *, timeline: float | None = None) -> dict[str, Any]:
+        """One phase of `seconds`; with `timeline`, the answers counted in slots that long."""
+        self.send({"run": seconds, "ours": self._ours(), "timeline": timeline})
         result: dict[str, Any] = self.expect("result", seconds + ANSWER_TIMEOUT)
         return result
 
-    def start(self) -> None:
+    def start(self, *, timeline: float | None = None) -> None:
         """Starts a phase that lasts until `stop`."""
-        self.send({"run": None, "ours": self._ours()})
+        self.send({"run": None, "ours": self._ours(), "timeline": timeline})
 
     def stop(self) -> dict[str, Any]:
         self.send({"stop": True})

@@ -1,5 +1,9 @@
 """The ceiling: KeyService on grpc.aio whose Authorize answers a constant, doing nothing else.
 
+Its Session answers each request on the stream with the same constant, reading and writing at
+once as keysvc's does (one task reads, the handler writes): the ceiling of a stream on this
+stack, beside which keysvc's Session is measured.
+
 Run as `python -m bench.noop`; it binds 127.0.0.1:0, prints `listening on HOST:PORT`
 and serves until SIGTERM or SIGINT.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import grpc
@@ -33,6 +38,27 @@ class NoopKeyService(pb_grpc.KeyServiceServicer):
         self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AuthorizeResponse:
         return ANSWER
+
+    async def Session(
+        self,
+        request_iterator: AsyncIterable[pb.SessionRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.SessionResponse]:
+        answers: asyncio.Queue[pb.SessionResponse | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    answers.put_nowait(pb.SessionResponse(id=request.id, authorize=ANSWER))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
 
 
 async def serve() -> None:

@@ -25,6 +25,8 @@ PYTHON = sys.executable
 _PARENT = "BENCH_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT = 15.0
+# How long a child may take to be ready (keysvc: serving; a load generator: connected).
+START_TIMEOUT = 60.0
 
 
 def die_with_parent() -> None:
@@ -35,6 +37,32 @@ def die_with_parent() -> None:
     # The benchmark may have gone between our fork and the prctl.
     if parent is not None and os.getppid() != int(parent):
         sys.exit("bench: parent process gone")
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a supervisor's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """The resident memory of `pid` now (VmRSS) and at its peak (VmHWM), in KiB."""
+    found = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                found[name] = int(value.split()[0])
+    return found
 
 
 class Child:
@@ -56,6 +84,8 @@ class Child:
         log: IO[bytes] | int = subprocess.DEVNULL
         if log_path is not None:
             log = log_path.open("ab")
+        # When it was started (time.monotonic()), for how long it takes to serve.
+        self.started = time.monotonic()
         try:
             self.process = subprocess.Popen(
                 list(argv),
@@ -128,8 +158,12 @@ class Child:
 
 
 if __name__ == "__main__":
-    # `python -m bench.processes ARGS...` is `keysvc ARGS...` that dies with the benchmark.
+    # `python -m bench.processes ARGS...` is `keysvc ARGS...` that dies with the benchmark;
+    # `python -m bench.processes exec PROGRAM ARGS...` is PROGRAM that does (redis-server): the
+    # parent-death signal survives exec().
     die_with_parent()
+    if sys.argv[1:2] == ["exec"]:
+        os.execvp(sys.argv[2], sys.argv[2:])
     from keysvc.cli import main
 
     sys.exit(main(sys.argv[1:]))

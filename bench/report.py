@@ -5,8 +5,20 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
+import time
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
+
+from bench.load_client import Load
+
+_BEGAN = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """A line on standard error, with the seconds since the benchmark began."""
+    print(f"bench {time.monotonic() - _BEGAN:5.1f}s: {message}", file=sys.stderr, flush=True)
 
 
 def machine_line() -> str:
@@ -88,3 +100,16 @@ def table(rows: list[Row]) -> str:
         if number == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def measured(name: str, load: Load, **verdict: Any) -> Row:
+    """A row of a closed loop's load, with `verdict` (result, target, met) beside it."""
+    return Row(
+        name,
+        load.throughput,
+        load.p50_ms,
+        load.p99_ms,
+        load.server_us,
+        load.others_cores,
+        **verdict,
+    )

@@ -6,7 +6,9 @@ Servers (each a process of its own, all on 127.0.0.1, port 0):
 - keysvc A and B: two replicas of `keysvc serve` on one fresh PostgreSQL database and
   one Redis prefix (A serves the hot, flood and revocation measurements, B is the second
   replica of the revocation one);
-- keysvc C: the same database under a Redis prefix of its own, so every key is cold there.
+- keysvc C: the same database under a Redis prefix of its own, so every key is cold there;
+- for the rows of bench.near_cache, bench.workers, bench.recovery and bench.scale, the API
+  servers, replicas, databases and redis-server those modules describe.
 
 The load comes from `python -m bench.load` processes. What is compared (no-op against
 keysvc, flood against none) runs in alternating one-second slices, so that other load
@@ -16,13 +18,13 @@ process, drops the database, deletes the Redis keys and the temporary files.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import secrets
 import shutil
 import signal
 import statistics
-import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -36,11 +38,12 @@ from keysvc_client import CreateKeyResponse, KeyServiceClient
 from keysvc_client.v1 import keysvc_pb2 as pb
 from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 
-from bench import forge
+from bench import forge, gateway, near_cache, recovery, scale, workers
+from bench.filler import ACCOUNT
 from bench.load import requests_for
 from bench.load_client import ClosedLoopProcess, Load, LoadProcess
-from bench.processes import PYTHON, Child
-from bench.report import Row, machine_line, table
+from bench.processes import PYTHON, START_TIMEOUT, Child
+from bench.report import Row, machine_line, measured, progress, table
 from bench.services import BenchDatabase, BenchRedis, sweep_leftovers, workdir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,12 +61,12 @@ REVOCATION_ROUNDS = 5
 REVOCATION_IN_FLIGHT_PER_REPLICA = 16
 # How long the hammering goes on after RevokeKey returned, in each round.
 AFTER_REVOKE_SECONDS = 0.5
-ACCOUNT = "acct_bench"
 SCOPES = ("links:read", "links:write")
-START_TIMEOUT = 60.0
 
 # Targets.
-HOT_RATIO_TARGET = 0.6
+HOT_RATIO_TARGET = 0.9
+# Authorize over one Session stream at 32 in flight, against the no-op's unary throughput.
+SESSION_RATIO_TARGET = 2.5
 P50_TARGET_MS = 1.0
 FLOOD_RATIO_TARGET = 0.7
 # RevokeKey waits out the lease (1 s, stretched by the 1% clock drift allowed for): the rest
@@ -73,30 +76,13 @@ REVOKE_TARGET_MS = 1000 * 1.02 + 50
 _NOOP_LISTENING = re.compile(r"^listening on (?P<address>\S+:\d+)\s*$", re.MULTILINE)
 
 
-_BEGAN = time.monotonic()
-
-
-def progress(message: str) -> None:
-    print(f"bench {time.monotonic() - _BEGAN:5.1f}s: {message}", file=sys.stderr, flush=True)
-
-
-def measured(name: str, load: Load, **verdict: Any) -> Row:
-    return Row(
-        name,
-        load.throughput,
-        load.p50_ms,
-        load.p99_ms,
-        load.server_us,
-        load.others_cores,
-        **verdict,
-    )
-
-
 class Bench:
     def __init__(self) -> None:
         self.workdir = workdir()
         self.children: list[Child] = []
         self.database: BenchDatabase | None = None
+        # The databases of the rows that need one of their own (bench.recovery, bench.scale).
+        self.databases: list[BenchDatabase] = []
         self.redis: BenchRedis | None = None
         self.redis_pid: int | None = None
         self.admin_token = secrets.token_urlsafe(32)
@@ -105,30 +91,61 @@ class Bench:
 
     # -- processes -------------------------------------------------------------------------
 
-    def _child(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Child:
+    def child(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Child:
         child = Child(name, argv, log_path=self.workdir / f"{name}.log", env=env, cwd=REPO)
         self.children.append(child)
         return child
 
     def start_noop(self) -> Child:
-        return self._child("noop", [PYTHON, "-m", "bench.noop"])
+        return self.child("noop", [PYTHON, "-m", "bench.noop"])
 
-    def start_keysvc(self, name: str, prefix: str) -> Child:
+    def start_keysvc(
+        self,
+        name: str,
+        prefix: str,
+        *,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        options: Sequence[str] = (),
+    ) -> Child:
+        """`keysvc serve` on the run's database and Redis (or those given), with `options`."""
         assert self.database is not None and self.redis is not None
-        # No setting of the caller's own may leak in: only what is given here counts.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSVC_")}
-        env["KEYSVC_ADMIN_TOKEN"] = self.admin_token
         argv = [
-            PYTHON, "-m", "bench.processes", "serve",
+            "serve",
             "--listen", "127.0.0.1:0",
             "--data-dir", str(self.workdir / name),
-            "--database-url", self.database.url,
-            "--redis-url", self.redis.url,
+            "--database-url", database_url or self.database.url,
+            "--redis-url", redis_url or self.redis.url,
             "--redis-namespace", prefix,
             "--shutdown-grace-seconds", "2",
             "--address-file", str(self.workdir / f"{name}.address"),
+            *options,
         ]  # fmt: skip
-        return self._child(name, argv, env)
+        return self.keysvc_command(name, argv)
+
+    def keysvc_command(self, name: str, argv: Sequence[str]) -> Child:
+        """`keysvc ARGV...` as a child of the benchmark."""
+        # No setting of the caller's own may leak in: only what is given here counts.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSVC_")}
+        env["KEYSVC_ADMIN_TOKEN"] = self.admin_token
+        return self.child(name, [PYTHON, "-m", "bench.processes", *argv], env)
+
+    def new_database(self, *, migrated: bool = False) -> BenchDatabase:
+        """A database of the run's own besides the main one, dropped at the end; with
+        `migrated`, keysvc's schema created in it (`keysvc migrate`)."""
+        database = BenchDatabase()
+        self.databases.append(database)
+        if migrated:
+            name = f"migrate-{database.name}"
+            migrate = self.keysvc_command(
+                name,
+                ["migrate", "--database-url", database.url, "--data-dir", str(self.workdir / name)],
+            )
+            code = migrate.process.wait(START_TIMEOUT)
+            self.children.remove(migrate)
+            if code != 0:
+                raise RuntimeError(f"keysvc migrate exited with {code}:\n{migrate.log_tail()}")
+        return database
 
     @staticmethod
     def address(child: Child, pattern: re.Pattern[str]) -> str:
@@ -136,19 +153,35 @@ class Bench:
 
     def keysvc_address(self, child: Child) -> str:
         """Where a keysvc child listens, from the file it writes once it does."""
-        return child.wait_for_file(self.workdir / f"{child.name}.address", START_TIMEOUT)
+        return self.keysvc_addresses(child)[0]
+
+    def keysvc_addresses(self, child: Child) -> list[str]:
+        """Every line of a keysvc child's address file: gRPC's HOST:PORT first, then the URLs
+        of its other listeners (--http-listen, --metrics-listen)."""
+        path = self.workdir / f"{child.name}.address"
+        return child.wait_for_file(path, START_TIMEOUT).splitlines()
 
     def closed_loop(
-        self, name: str, server: Child, target: str, keys: list[str], concurrency: int
+        self,
+        name: str,
+        server: Child,
+        target: str,
+        keys: list[str],
+        concurrency: int,
+        *,
+        transport: str = "unary",
+        channels: int = 1,
+        server_pids: Sequence[int] = (),
     ) -> ClosedLoopProcess:
-        """A connected closed-loop load generator, not yet sending."""
+        """A connected closed-loop load generator, not yet sending: unary calls or one Session
+        stream per channel; `server_pids`, processes whose CPU counts as the server's besides
+        `server` itself (a supervisor's workers)."""
+        servers = [server.process.pid, *server_pids]
 
         def ours() -> list[int]:
             """The rest of the benchmark and Redis, as they are at the start of a phase."""
             pids = [child.process.pid for child in self.children if child.running]
-            pids = [
-                pid for pid in pids if pid not in (server.process.pid, process.child.process.pid)
-            ]
+            pids = [pid for pid in pids if pid not in (*servers, process.child.process.pid)]
             return pids if self.redis_pid is None else [*pids, self.redis_pid]
 
         job = {
@@ -156,7 +189,9 @@ class Bench:
             "target": target,
             "keys": keys,
             "concurrency": concurrency,
-            "server_pid": server.process.pid,
+            "server_pids": servers,
+            "transport": transport,
+            "channels": channels,
         }
         process = ClosedLoopProcess(
             name, job, ours, log_path=self.workdir / f"{name}.log", cwd=REPO
@@ -164,25 +199,34 @@ class Bench:
         self.children.append(process.child)
         return process
 
-    def _finish(self, *processes: LoadProcess) -> None:
+    def load_process(self, name: str, module: str, job: dict[str, Any]) -> LoadProcess:
+        """`python -m MODULE` speaking bench.load's protocol, given `job`."""
+        process = LoadProcess(
+            name, job, log_path=self.workdir / f"{name}.log", cwd=REPO, module=module
+        )
+        self.children.append(process.child)
+        return process
+
+    def finish(self, *processes: LoadProcess) -> None:
         for process in processes:
             process.finish()
             self.children.remove(process.child)
 
     # -- measurements ----------------------------------------------------------------------
 
-    def compare(self, a: ClosedLoopProcess, b: ClosedLoopProcess) -> tuple[Load, Load]:
-        """Hot Authorize through `a` and through `b`, in alternating slices."""
-        for process in (a, b):
+    def compare(self, *processes: ClosedLoopProcess) -> list[Load]:
+        """Hot Authorize through each of `processes`, in slices taking turns: in the order
+        given, then the reverse, and so on."""
+        for process in processes:
             process.expect("ready", START_TIMEOUT)
-        for process in (a, b):
+        for process in processes:
             process.run(WARMUP_SECONDS)
-        phases: dict[str, list[dict[str, Any]]] = {a.name: [], b.name: []}
+        phases: dict[str, list[dict[str, Any]]] = {process.name: [] for process in processes}
         for number in range(SLICES):
-            for process in (a, b) if number % 2 == 0 else (b, a):
+            for process in processes if number % 2 == 0 else processes[::-1]:
                 phases[process.name].append(process.run(SLICE_SECONDS))
-        loads = Load.of(phases[a.name]), Load.of(phases[b.name])
-        for process, load in zip((a, b), loads, strict=True):
+        loads = [Load.of(phases[process.name]) for process in processes]
+        for process, load in zip(processes, loads, strict=True):
             progress(f"  {process.name}: {load.describe()}")
             if problems := load.problems(allowed=True):
                 self.notes.append(f"{process.name}: {problems}")
@@ -296,7 +340,7 @@ class Bench:
                 result = hammer.expect("result")
                 for field in totals:
                     totals[field] += result[field]
-        self._finish(hammer)
+        self.finish(hammer)
         progress(
             f"  {totals['allowed_after']} allowed of {totals['sent_after']:,} sent after"
             f" RevokeKey returned ({totals['sent_before']:,} before)"
@@ -344,6 +388,9 @@ class Bench:
         cold = [created.secret for created in self.create_keys(target_a, COLD_KEYS, "cold")]
         doomed = self.create_keys(target_a, REVOCATION_ROUNDS, "revoked")
         revoked_in_flood = self.create_keys(target_a, REVOKED_DURING_FLOOD, "revoked in flood")
+        behind_guards = self.create_keys(
+            target_a, near_cache.REVOCATION_ROUNDS, "revoked behind near caches"
+        )
         target_b = self.keysvc_address(replica_b)
         # Created through B, so that A never held them in its memory, and taken out of Redis:
         # their first Authorize on A reads the database and runs argon2.
@@ -351,12 +398,13 @@ class Bench:
         self.redis.forget(hot_prefix, [created.key.id for created in never_used])
         cold_target = self.keysvc_address(cold_server)
 
-        rows: dict[int, tuple[Load, Load]] = {}
+        rows: dict[int, list[Load]] = {}
         keysvc_32: ClosedLoopProcess | None = None
         for concurrency in (1, 32):
             progress(
-                f"hot Authorize, {concurrency} in flight: no-op and keysvc in alternating"
-                f" {SLICE_SECONDS:g}s slices, {SLICES} each"
+                f"hot Authorize, {concurrency} in flight: no-op and keysvc"
+                f"{' (unary, and over one Session stream each)' if concurrency == 32 else ''}"
+                f" in alternating {SLICE_SECONDS:g}s slices, {SLICES} each"
             )
             noop_load = self.closed_loop(
                 f"load-no-op-{concurrency}", noop, noop_target, hot, concurrency
@@ -364,12 +412,19 @@ class Bench:
             keysvc_load = self.closed_loop(
                 f"load-keysvc-{concurrency}", replica_a, target_a, hot, concurrency
             )
-            rows[concurrency] = self.compare(noop_load, keysvc_load)
-            self._finish(noop_load)
             if concurrency == 32:
+                session_load = self.closed_loop(
+                    "load-session-32", replica_a, target_a, hot, 32, transport="session"
+                )
+                noop_session = self.closed_loop(
+                    "load-no-op-session-32", noop, noop_target, hot, 32, transport="session"
+                )
+                rows[32] = self.compare(noop_load, keysvc_load, session_load, noop_session)
+                self.finish(noop_load, session_load, noop_session)
                 keysvc_32 = keysvc_load
             else:
-                self._finish(keysvc_load)
+                rows[1] = self.compare(noop_load, keysvc_load)
+                self.finish(noop_load, keysvc_load)
         assert keysvc_32 is not None
 
         progress(
@@ -378,7 +433,7 @@ class Bench:
         )
         flood_load = self.closed_loop("load-flood", replica_a, target_a, forge.flood_of(hot), 32)
         alone, flooded, flood = self.flood(keysvc_32, flood_load)
-        self._finish(flood_load)
+        self.finish(flood_load)
 
         progress(
             f"made-up flood: keysvc hot @32 with and without {MADE_UP_KEYS:,} keys of key ids"
@@ -391,14 +446,32 @@ class Bench:
         revoke_ms, first_ms, made_up = self.during(
             made_up_load, target_a, revoked_in_flood, [c.secret for c in never_used]
         )
-        self._finish(keysvc_32, made_up_load)
+        self.finish(keysvc_32, made_up_load)
 
         cold_ms = self.cold(cold_target, cold)
         revoked = self.revocation([target_a, target_b], target_a, doomed)
 
-        (noop_1, keysvc_1), (noop_32, keysvc_32_load) = rows[1], rows[32]
+        noop_1, keysvc_1 = rows[1]
+        noop_32, keysvc_32_load, session_32, noop_session_32 = rows[32]
+        more = near_cache.in_process(self, target_a, hot[0], keysvc_32_load)
+        more += near_cache.revocation(self, [target_a, target_b], behind_guards, hot)
+        more += workers.compare(self, hot, replica_a, target_a)
+        more += recovery.measure(self)
+        progress("gateway: Check through Envoy against a direct upstream; Check against Authorize")
+        gateway_dir = self.workdir / "gateway"
+        gateway_dir.mkdir()
+        more += gateway.run(
+            argparse.Namespace(seconds=5, warmup=1, concurrency=8, envoy_threads=2), gateway_dir
+        )
+        if os.environ.get("BENCH_SCALE") == "1":
+            more += scale.measure(self, hot)
+        else:
+            progress("scale: skipped (BENCH_SCALE=1 runs it: a database of 1M keys, 1.5 to 2 min)")
+
         ratio_1 = keysvc_1.throughput / noop_1.throughput
         ratio_32 = keysvc_32_load.throughput / noop_32.throughput
+        session_ratio = session_32.throughput / noop_32.throughput
+        noop_session_ratio = noop_session_32.throughput / noop_32.throughput
         flood_ratio = flooded.throughput / alone.throughput
         made_up_ratio = made_up_flooded.throughput / made_up_alone.throughput
         # Beside the flood the server serves both clients: its CPU is per request of either.
@@ -431,6 +504,18 @@ class Bench:
                 result=f"b/a {ratio_32:.2f}",
                 target=f"b/a >= {HOT_RATIO_TARGET:g}",
                 met=ratio_32 >= HOT_RATIO_TARGET,
+            ),
+            measured(
+                "Authorize hot @32, (c) keysvc over one Session stream",
+                session_32,
+                result=f"c/a {session_ratio:.2f}",
+                target=f"c/a >= {SESSION_RATIO_TARGET:g}",
+                met=session_ratio >= SESSION_RATIO_TARGET,
+            ),
+            measured(
+                "Authorize hot @32, (d) no-op over one Session stream",
+                noop_session_32,
+                result=f"d/a {noop_session_ratio:.2f}",
             ),
             Row(
                 f"cold look-up: first Authorize, {len(cold_ms)} keys",
@@ -479,6 +564,7 @@ class Bench:
                 target="0 allowed",
                 met=revoked["allowed_after"] == 0 and revoked["sent_after"] > 0,
             ),
+            *more,
         ]
 
     def cleanup(self) -> None:
@@ -492,12 +578,14 @@ class Bench:
                 if child.name.startswith("keysvc-") and code != 0:
                     self.notes.append(f"{child.name} exited with {code}; log:\n{child.log_tail()}")
         done.append(f"{stopped} processes stopped")
-        if self.database is not None:
+        for database in [self.database, *self.databases]:
+            if database is None:
+                continue
             try:
-                self.database.drop()
-                done.append(f"database {self.database.name} dropped")
+                database.drop()
+                done.append(f"database {database.name} dropped")
             except Exception as err:
-                progress(f"could not drop database {self.database.name}: {err}")
+                progress(f"could not drop database {database.name}: {err}")
         if self.redis is not None:
             try:
                 deleted = self.redis.drop()

@@ -46,6 +46,16 @@ def _execute(statement: str) -> None:
         conn.execute(statement)
 
 
+def checkpoints() -> int:
+    """PostgreSQL's checkpoints so far (timed and requested): every CREATE DATABASE on the
+    server forces one, and a checkpoint can hold up commits, whoever's they are."""
+    with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=5) as conn:
+        row = conn.execute(
+            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 class BenchDatabase:
     """A fresh, empty database, dropped by `drop` even while keysvc still holds connections."""
 

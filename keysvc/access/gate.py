@@ -1,7 +1,7 @@
 """Who is calling, and may they: every KeyService RPC passes the Gate before it runs.
 
-Admins may call every RPC; authorizers only Authorize. A missing or unknown
-credential is UNAUTHENTICATED; a known caller calling an RPC beyond its role is
+Admins may call every RPC; authorizers only Authorize (and Session, its stream). A
+missing or unknown credential is UNAUTHENTICATED; a known caller calling an RPC beyond its role is
 PERMISSION_DENIED. Every RPC is admin-only unless listed in AUTHORIZER_RPCS, so a
 new RPC is protected by default. Authorize is left open (`open_authorize`) only on
 a loopback listener with no authorizers configured: the zero-config embedded
@@ -17,7 +17,7 @@ from keysvc.access.callers import Caller, Callers, Role
 from keysvc.core import keys
 from keysvc.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
-AUTHORIZER_RPCS = frozenset({"Authorize"})
+AUTHORIZER_RPCS = frozenset({"Authorize", "Session"})
 
 # Metadata an admin tool (the dashboard) sends to say on whose behalf it calls: the audit
 # trail then names both, "alice via dashboard".
@@ -94,6 +94,7 @@ class Gate:
             )
         if rpc not in AUTHORIZER_RPCS and caller.role is not Role.ADMIN:
             raise PermissionDenied(
-                f"caller {caller.name!r} is an {caller.role.value}: it may call Authorize only"
+                f"caller {caller.name!r} is an {caller.role.value}:"
+                " it may call Authorize and Session only"
             )
         return caller

@@ -185,6 +185,12 @@ def decision_to_pb(decision: Decision) -> pb.AuthorizeResponse:
         response.account_id = grant.account_id
         response.mode = _MODES[grant.mode]
         response.scopes.extend(sorted(grant.scopes))
+        if grant.expire_time is not None:
+            response.expire_time.FromDatetime(grant.expire_time)
+        response.allowed_ips.extend(str(network) for network in grant.allowed_ips)
+    if decision.lease_seconds > 0:
+        # Rounded down: a near cache must never hold the grant longer than the replica would.
+        response.lease.FromNanoseconds(int(decision.lease_seconds * 1e9))
     return response
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,12 +16,15 @@ from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 from keysvc.access.callers import Caller
 from keysvc.access.gate import Gate, acting_for
 from keysvc.api import convert
+from keysvc.api.session import SessionStream
 from keysvc.api.status import status_code
 from keysvc.core import scopes
-from keysvc.core.errors import KeysvcError
+from keysvc.core.errors import KeysvcError, Unavailable
 from keysvc.core.model import Actor, ApiKey
+from keysvc.ports.metrics import NO_METRICS, Metrics
 from keysvc.usecases.admin import KeyAdmin
 from keysvc.usecases.authorize import Authorizer
+from keysvc.usecases.change_log import ChangeLog
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +73,21 @@ def _rpc(handler: Handler[Request, Response]) -> Method[Request, Response]:
 
 
 class KeyServiceServicer(pb_grpc.KeyServiceServicer):
-    def __init__(self, service: KeyAdmin, authorizer: Authorizer, gate: Gate) -> None:
+    def __init__(
+        self,
+        service: KeyAdmin,
+        authorizer: Authorizer,
+        gate: Gate,
+        change_log: ChangeLog,
+        *,
+        metrics: Metrics = NO_METRICS,
+    ) -> None:
         self._service = service
         self._authorizer = authorizer
         self._gate = gate
+        self._change_log = change_log
+        self._metrics = metrics
+        self._sessions: set[SessionStream] = set()
 
     @_rpc
     async def CreateKey(self, request: pb.CreateKeyRequest, call: Call) -> pb.CreateKeyResponse:
@@ -148,13 +163,42 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
 
     @_rpc
     async def Authorize(self, request: pb.AuthorizeRequest, call: Call) -> pb.AuthorizeResponse:
-        decision = await self._authorizer.authorize(
-            request.api_key,
-            request.required_scopes,
-            convert.mode_from_pb(request.required_mode, "required_mode", required=False),
-            request.client_ip,
+        started = time.perf_counter()
+        try:
+            decision = await self._authorizer.authorize(
+                request.api_key,
+                request.required_scopes,
+                convert.mode_from_pb(request.required_mode, "required_mode", required=False),
+                request.client_ip,
+            )
+        except Unavailable:
+            self._metrics.decision("unavailable", time.perf_counter() - started, transport="unary")
+            raise
+        self._metrics.decision(
+            decision.reason.name, time.perf_counter() - started, transport="unary"
         )
         return convert.decision_to_pb(decision)
+
+    async def Session(
+        self, request_iterator: AsyncIterable[pb.SessionRequest], context: Context
+    ) -> AsyncIterator[pb.SessionResponse]:
+        try:
+            self._gate.admit("Session", context.invocation_metadata, context.auth_context)
+        except KeysvcError as err:
+            await context.abort(status_code(err), str(err))
+        stream = SessionStream(self._authorizer, self._change_log, metrics=self._metrics)
+        self._sessions.add(stream)
+        try:
+            async for response in stream.responses(request_iterator):
+                yield response
+        finally:
+            self._sessions.discard(stream)
+
+    def end_sessions(self) -> None:
+        """Ends every open Session stream: a graceful shutdown need not wait for Guards, which
+        never end theirs."""
+        for stream in list(self._sessions):
+            stream.end()
 
     @_rpc
     async def ListScopes(self, request: pb.ListScopesRequest, call: Call) -> pb.ListScopesResponse:

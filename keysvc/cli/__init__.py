@@ -23,16 +23,23 @@ from keysvc.runtime import config
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from keysvc.runtime import server
+    from keysvc.runtime import server, supervisor
 
     settings = config.settings_from(args)
+    # The workers of --workers write to one stream: each line says whose it is.
+    worker = "" if args.worker_of is None else f"[worker {args.worker_number} pid %(process)d] "
     logging.basicConfig(
         level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {worker}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        asyncio.run(server.serve(settings, address_file=args.address_file))
+        if args.worker_of is not None:
+            supervisor.run_worker(settings, supervisor_pid=args.worker_of)
+        elif settings.workers > 1:
+            return supervisor.supervise(settings, address_file=args.address_file)
+        else:
+            asyncio.run(server.serve(settings, address_file=args.address_file))
     except StartupError as err:
         print(f"keysvc: {err}", file=sys.stderr)
         return 1
@@ -64,6 +71,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         " and tests that start keysvc on port 0; with --http-listen, the HTTP listener's URL"
         " on a second line",
     )
+    # Internal: how a supervisor (--workers, keysvc.runtime.supervisor) starts its workers.
+    serve.add_argument("--worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-number", type=int, default=1, help=argparse.SUPPRESS)
     # A peer or a log reader going away must not kill the server.
     serve.set_defaults(run=_serve, ignores_sigpipe=True)
 

@@ -245,11 +245,15 @@ _HTTP_STATUS = {
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The answer to one Authorize call. `grant` is set whenever the key was verified."""
+    """The answer to one Authorize call. `grant` is set whenever the key was verified.
+
+    `lease_seconds`, set when the key is active, is how long from now the grant may go on
+    deciding the key's requests in a cache further out (an API server's Guard)."""
 
     reason: Reason
     grant: KeyGrant | None = None
     missing_scopes: tuple[str, ...] = ()
+    lease_seconds: float = 0.0
 
     @property
     def allowed(self) -> bool:

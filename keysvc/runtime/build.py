@@ -18,12 +18,15 @@ from datetime import datetime
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from keysvc.adapters.cache.codec import GrantCodec
 from keysvc.adapters.cache.memory import MemoryKeyCache
 from keysvc.adapters.cache.near import NearKeyCache
+from keysvc.adapters.cache.pushes import RedisChangePushes
 from keysvc.adapters.cache.redis import RedisKeyCache
+from keysvc.adapters.metrics import PrometheusMetrics, multiprocess_directory
 from keysvc.adapters.store import migrate
 from keysvc.adapters.store.sql import SqlKeyStore, create_engine, database_url
 from keysvc.adapters.workers import ThreadWorkers
@@ -31,6 +34,8 @@ from keysvc.core.clock import Clock, utc_now
 from keysvc.core.errors import StartupError, Unavailable
 from keysvc.core.hashing import Verifier
 from keysvc.ports.cache import KeyCache
+from keysvc.ports.metrics import NO_METRICS, Metrics
+from keysvc.ports.pushes import NO_ANNOUNCER
 from keysvc.ports.store import KeyStore
 from keysvc.ports.workers import Workers
 from keysvc.runtime.config import Settings
@@ -74,6 +79,10 @@ class Keysvc:
     recorder: LastUsedRecorder
     admin: KeyAdmin
     authorizer: Authorizer
+    # What the parts report to (keysvc.ports.metrics); NO_METRICS unless --metrics-listen.
+    metrics: Metrics = NO_METRICS
+    # Changes pushed between replicas through Redis; None with the in-process cache.
+    pushes: RedisChangePushes | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -81,6 +90,9 @@ class Keysvc:
         and flushes last-used times in the background."""
         await self.follower.load()
         self._tasks.append(asyncio.create_task(self.follower.run(), name="change-log"))
+        if self.pushes is not None:
+            listening = self.pushes.listen(self.change_log.read_soon)
+            self._tasks.append(asyncio.create_task(listening, name="pushed-changes"))
         self.recorder.start()
 
     async def stop(self) -> None:
@@ -88,6 +100,8 @@ class Keysvc:
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
+        if self.pushes is not None:
+            await self.pushes.close()
         await self.recorder.close()
 
 
@@ -97,6 +111,9 @@ def assemble(
     cache: KeyCache,
     workers: Workers,
     seams: Seams = PRODUCTION,
+    *,
+    metrics: Metrics = NO_METRICS,
+    pushes: RedisChangePushes | None = None,
 ) -> Keysvc:
     """Connects the use cases to their ports: the whole graph, nothing started."""
     verifier = seams.verifier or Verifier(settings.argon2)
@@ -118,11 +135,22 @@ def assemble(
         store=store,
         cache=cache,
         workers=workers,
+        metrics=metrics,
         verifier=verifier,
         change_log=change_log,
         follower=follower,
         recorder=recorder,
-        admin=KeyAdmin(store, cache, verifier, workers, change_log, clock=seams.clock),
+        admin=KeyAdmin(
+            store,
+            cache,
+            verifier,
+            workers,
+            change_log,
+            clock=seams.clock,
+            announcer=NO_ANNOUNCER if pushes is None else pushes,
+            metrics=metrics,
+        ),
+        pushes=pushes,
         authorizer=seams.authorizer_class(
             store,
             cache,
@@ -139,13 +167,20 @@ def assemble(
 
 @contextlib.asynccontextmanager
 async def built(
-    settings: Settings, *, engine: Engine | None = None, seams: Seams = PRODUCTION
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    seams: Seams = PRODUCTION,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Keysvc]:
     """keysvc on the settings' database and cache, started; stopped and closed on exit.
 
-    `engine` replaces the settings' database (already migrated; left open on exit).
+    `engine` replaces the settings' database (already migrated; left open on exit);
+    `metrics`, what the settings ask for (open_metrics).
     """
-    workers = ThreadWorkers(db_timeout_seconds=settings.database_timeout_seconds)
+    if metrics is None:
+        metrics = open_metrics(settings)
+    workers = ThreadWorkers(db_timeout_seconds=settings.database_timeout_seconds, metrics=metrics)
     owned = engine is None
     if engine is None:
         engine = await asyncio.to_thread(
@@ -158,8 +193,16 @@ async def built(
             mac_key = await workers.db(store.cache_mac_key)
         except Unavailable as err:
             raise StartupError(f"cannot read the database: {err}") from err
-        cache = open_cache(settings, mac_key, monotonic=seams.monotonic)
-        keysvc = assemble(settings, store, cache, workers, seams)
+        cache = open_cache(settings, mac_key, monotonic=seams.monotonic, metrics=metrics)
+        keysvc = assemble(
+            settings,
+            store,
+            cache,
+            workers,
+            seams,
+            metrics=metrics,
+            pushes=open_pushes(settings, metrics),
+        )
         try:
             await keysvc.start()
         except Unavailable as err:
@@ -200,12 +243,41 @@ def open_database(settings: Settings, *, connections: int = 5) -> Engine:
     return engine
 
 
+def open_metrics(settings: Settings) -> Metrics:
+    """Prometheus metrics in a registry of their own when --metrics-listen asks for them (in
+    files, for a supervisor to sum, under $PROMETHEUS_MULTIPROC_DIR); else NO_METRICS."""
+    if settings.metrics_listen is None:
+        return NO_METRICS
+    # Refuses a multiprocess directory that is missing or was set too late, before any
+    # series is made.
+    multiprocess_directory()
+    return PrometheusMetrics(CollectorRegistry())
+
+
+def open_pushes(settings: Settings, metrics: Metrics) -> RedisChangePushes | None:
+    """Pushed changes between the replicas sharing the settings' Redis; None without one."""
+    if settings.redis_url is None:
+        return None
+    return RedisChangePushes(
+        settings.redis_url,
+        namespace=settings.redis_namespace,
+        timeout_seconds=settings.redis_timeout_seconds,
+        metrics=metrics,
+    )
+
+
 def open_cache(
-    settings: Settings, mac_key: bytes, *, monotonic: Callable[[], float] = time.monotonic
+    settings: Settings,
+    mac_key: bytes,
+    *,
+    monotonic: Callable[[], float] = time.monotonic,
+    metrics: Metrics = NO_METRICS,
 ) -> KeyCache:
     if settings.redis_url is None:
         log.info("cache: in-process (set KEYSVC_REDIS_URL to share one between replicas)")
-        return MemoryKeyCache(ttl_seconds=settings.cache_ttl_seconds, clock=monotonic)
+        memory = MemoryKeyCache(ttl_seconds=settings.cache_ttl_seconds, clock=monotonic)
+        # The replica's memory alone, counted as such.
+        return NearKeyCache(memory, None, metrics=metrics)
     shared = RedisKeyCache(
         settings.redis_url,
         GrantCodec(mac_key),
@@ -219,7 +291,7 @@ def open_cache(
         settings.redis_namespace,
     )
     near = MemoryKeyCache(ttl_seconds=settings.cache_ttl_seconds, clock=monotonic)
-    return NearKeyCache(near, shared)
+    return NearKeyCache(near, shared, metrics=metrics)
 
 
 def without_password(url: str) -> str:

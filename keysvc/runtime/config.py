@@ -11,6 +11,8 @@ from typing import Any
 
 from keysvc.access.admin_token import DEFAULT_DATA_DIR
 from keysvc.access.admin_token import FILE_NAME as ADMIN_TOKEN_FILE
+from keysvc.core import networks
+from keysvc.core.errors import InvalidArgument
 from keysvc.core.hashing import Argon2Parameters
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -21,6 +23,9 @@ DATABASE_FILE = "keysvc.db"
 @dataclass(frozen=True)
 class Settings:
     listen: str = DEFAULT_LISTEN
+    # Processes serving every listener side by side on the same ports (SO_REUSEPORT), each a
+    # full replica, under a supervisor (keysvc.runtime.supervisor); 1: this process alone.
+    workers: int = 1
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     # None: the SQLite file in data_dir.
     database_url: str | None = None
@@ -48,6 +53,17 @@ class Settings:
     # GitHub's secret scanning public keys, as api.github.com/meta/public_keys/secret_scanning
     # serves them; required with http_listen.
     github_keys_file: Path | None = None
+    # An HTTP listener serving Prometheus metrics on /metrics (plaintext; beyond loopback
+    # only with insecure); None: none, and nothing is counted.
+    metrics_listen: str | None = None
+    # The gateway route table (TOML, keysvc.api.gateway): with it, keysvc also serves Envoy's
+    # ext_authz (envoy.service.auth.v3.Authorization) on its gRPC port; None: it does not.
+    gateway_routes: Path | None = None
+    # Whether an allowed request reaches the upstream without its Authorization header.
+    gateway_strip_key: bool = True
+    # The gateways whose forward-auth requests (on http_listen, with gateway_routes) keysvc
+    # answers, and whose X-Original-*, X-Forwarded-* and X-Real-IP headers it believes.
+    gateway_trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1")
     # None: the token generated into data_dir/admin-token at first start.
     admin_token: str | None = field(default=None, repr=False)
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
@@ -68,6 +84,11 @@ class Settings:
     def admin_token_path(self) -> Path:
         return self.data_dir / ADMIN_TOKEN_FILE
 
+    @property
+    def shares_ports(self) -> bool:
+        """Whether this server's listeners share their ports with its sibling workers'."""
+        return self.workers > 1
+
 
 def _positive(value: str) -> float:
     try:
@@ -77,6 +98,25 @@ def _positive(value: str) -> float:
     if not number > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value!r}")
     return number
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value!r}")
+    return number
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    try:
+        return networks.normalized(
+            (item for item in value.split(",") if item.strip()), "--gateway-trusted-proxies"
+        )
+    except InvalidArgument as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _true(value: str) -> bool:
@@ -113,6 +153,12 @@ _DATABASE = _Option(
 )
 SERVE_OPTIONS = (
     _Option("--listen", "KEYSVC_LISTEN", "HOST:PORT to serve gRPC on"),
+    _Option(
+        "--workers",
+        "KEYSVC_WORKERS",
+        "processes serving the same ports, each a full replica (1: this process alone)",
+        _count,
+    ),
     _DATA_DIR,
     _DATABASE,
     _Option(
@@ -195,6 +241,33 @@ SERVE_OPTIONS = (
         "JSON of GitHub's secret scanning public keys"
         " (api.github.com/meta/public_keys/secret_scanning)",
         Path,
+    ),
+    _Option(
+        "--metrics-listen",
+        "KEYSVC_METRICS_LISTEN",
+        "HOST:PORT to serve Prometheus metrics on, at /metrics (plaintext HTTP; loopback"
+        " unless --insecure)",
+    ),
+    _Option(
+        "--gateway-routes",
+        "KEYSVC_GATEWAY_ROUTES",
+        "TOML file of the routes a gateway lets through and the scopes each needs; serves"
+        " Envoy's ext_authz",
+        Path,
+    ),
+    _Option(
+        "--gateway-strip-key",
+        "KEYSVC_GATEWAY_STRIP_KEY",
+        "true (the default) or false: whether the upstream gets the request without its"
+        " Authorization header",
+        _true,
+    ),
+    _Option(
+        "--gateway-trusted-proxies",
+        "KEYSVC_GATEWAY_TRUSTED_PROXIES",
+        "comma-separated addresses and CIDR ranges of the gateways whose forward-auth requests"
+        " --http-listen answers (default: 127.0.0.0/8,::1)",
+        _networks,
     ),
 )
 MIGRATE_OPTIONS = (_DATA_DIR, _DATABASE)

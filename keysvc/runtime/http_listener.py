@@ -1,5 +1,6 @@
-"""The listener of --http-listen: GitHub secret scanning (keysvc.api.github) served by uvicorn
-inside keysvc's own event loop, with the gRPC listener's TLS certificate and rules."""
+"""The listener of --http-listen: GitHub secret scanning (keysvc.api.github) and forward-auth for
+gateways (keysvc.api.forward_auth), each when configured, served by uvicorn inside keysvc's own
+event loop, with the gRPC listener's TLS certificate and rules."""
 
 from __future__ import annotations
 
@@ -12,12 +13,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from keysvc.access.github_signatures import GitHubPublicKeys, KeysFileError
-from keysvc.api import github
+from keysvc.api import forward_auth, github
+from keysvc.api.gateway import Gateway, RouteTable, load_routes
 from keysvc.core.errors import StartupError
+from keysvc.ports.metrics import NO_METRICS, Metrics
 from keysvc.runtime.config import Settings
 from keysvc.runtime.security import is_loopback
+from keysvc.usecases.authorize import Authorizer
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +38,18 @@ class HttpListener:
     """What --http-listen needs, checked before anything starts."""
 
     listen: str
-    public_keys: GitHubPublicKeys
+    # GitHub secret scanning's keys (--github-keys-file); None: that endpoint is not served.
+    public_keys: GitHubPublicKeys | None
     tls: bool
+    # The gateway route table (--gateway-routes); None: forward-auth is not served.
+    routes: RouteTable | None = None
+    trusted_proxies: tuple[str, ...] = ()
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The paths served, for logs and for the 404 of any other."""
+        served = [github.PATH] if self.public_keys is not None else []
+        return served + ([forward_auth.PATH] if self.routes is not None else [])
 
 
 def configured(settings: Settings) -> HttpListener | None:
@@ -44,36 +63,81 @@ def configured(settings: Settings) -> HttpListener | None:
             )
         return None
     listen = settings.http_listen
-    if settings.github_keys_file is None:
+    if settings.github_keys_file is None and settings.gateway_routes is None:
         raise StartupError(
             f"--http-listen {listen} serves GitHub secret scanning, which needs"
-            " --github-keys-file: GitHub's public keys, saved from"
-            " https://api.github.com/meta/public_keys/secret_scanning"
+            " --github-keys-file (GitHub's public keys, saved from"
+            " https://api.github.com/meta/public_keys/secret_scanning), and forward-auth for"
+            " gateways, which needs --gateway-routes: give either or both"
         )
     # The same rule as the gRPC listener (keysvc.runtime.security.server_credentials).
     tls = settings.tls_cert is not None
     if not tls and not is_loopback(listen):
         if not settings.insecure:
             raise StartupError(
-                f"refusing to serve --http-listen {listen} without TLS: leaked keys would"
+                f"refusing to serve --http-listen {listen} without TLS: keys would"
                 " cross the network in clear text. Give --tls-cert and --tls-key, or pass"
                 " --insecure if something in front of keysvc terminates TLS"
             )
-        log.warning("--insecure: serving GitHub secret scanning on %s in clear text", listen)
-    try:
-        public_keys = GitHubPublicKeys.load(settings.github_keys_file)
-    except KeysFileError as err:
-        raise StartupError(f"--github-keys-file {err}") from err
-    log.info(
-        "GitHub secret scanning keys: %s (%d keys, current: %s)",
-        settings.github_keys_file,
-        len(public_keys.keys),
-        ", ".join(sorted(public_keys.current)) or "none marked",
+        log.warning("--insecure: serving HTTP on %s in clear text", listen)
+    public_keys = None
+    if settings.github_keys_file is not None:
+        try:
+            public_keys = GitHubPublicKeys.load(settings.github_keys_file)
+        except KeysFileError as err:
+            raise StartupError(f"--github-keys-file {err}") from err
+        log.info(
+            "GitHub secret scanning keys: %s (%d keys, current: %s)",
+            settings.github_keys_file,
+            len(public_keys.keys),
+            ", ".join(sorted(public_keys.current)) or "none marked",
+        )
+    routes = None
+    if settings.gateway_routes is not None:
+        routes = load_routes(settings.gateway_routes)
+        if not settings.gateway_trusted_proxies:
+            raise StartupError(
+                "--gateway-trusted-proxies is empty: forward-auth would refuse every gateway"
+            )
+    return HttpListener(
+        listen=listen,
+        public_keys=public_keys,
+        tls=tls,
+        routes=routes,
+        trusted_proxies=settings.gateway_trusted_proxies,
     )
-    return HttpListener(listen=listen, public_keys=public_keys, tls=tls)
 
 
-def _bind(listen: str) -> socket.socket:
+def create_app(
+    listener: HttpListener,
+    revoker: github.LeakRevoker,
+    authorizer: Authorizer | None,
+    metrics: Metrics = NO_METRICS,
+) -> Starlette:
+    """The ASGI app of the listener: each configured endpoint, and JSON 404s elsewhere."""
+    routes: list[BaseRoute] = []
+    if listener.public_keys is not None:
+        # GitHub's own app answers its path, its 405s included.
+        routes.append(Route(github.PATH, github.create_app(revoker, listener.public_keys)))
+    if listener.routes is not None:
+        if authorizer is None:
+            raise ValueError("forward-auth needs the Authorizer")
+        gateway = Gateway(listener.routes, authorizer, transport="forward_auth", metrics=metrics)
+        routes += forward_auth.routes(gateway, listener.trusted_proxies)
+    served = ", ".join(listener.endpoints)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse(
+            {"error": f"no such endpoint: this listener serves {served}"},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+
+
+def _bind(listen: str, *, reuse_port: bool = False) -> socket.socket:
     host, _, port_text = listen.rpartition(":")
     try:
         port = int(port_text)
@@ -87,8 +151,11 @@ def _bind(listen: str) -> socket.socket:
     except OSError as err:
         raise StartupError(f"cannot listen on {listen} (--http-listen): {err}") from err
     try:
-        # Restarts may bind at once; two live listeners on one port still cannot.
+        # Restarts may bind at once; two live listeners on one port still cannot, but for
+        # the workers of one supervisor, which share it (the kernel spreads connections).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(128)
         sock.setblocking(False)
@@ -111,17 +178,25 @@ class HttpServer:
     those in flight finish, up to the shutdown grace."""
 
     def __init__(
-        self, listener: HttpListener, revoker: github.LeakRevoker, settings: Settings
+        self,
+        listener: HttpListener,
+        revoker: github.LeakRevoker,
+        settings: Settings,
+        *,
+        authorizer: Authorizer | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._listener = listener
+        self._reuse_port = settings.shares_ports
         self._config = uvicorn.Config(
-            github.create_app(revoker, listener.public_keys),
+            create_app(listener, revoker, authorizer, metrics),
             http="h11",
             ws="none",
             lifespan="off",
             log_config=None,
             access_log=False,
-            # The audit trail records the connection's peer: no X-Forwarded-For is trusted.
+            # The audit trail records the connection's peer, and forward-auth trusts only its
+            # own --gateway-trusted-proxies: uvicorn trusts no X-Forwarded-For.
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
@@ -136,7 +211,7 @@ class HttpServer:
     async def start(self) -> str:
         """Serves; returns the listener's URL (http[s]://HOST:PORT)."""
         listen = self._listener.listen
-        sock = _bind(listen)
+        sock = _bind(listen, reuse_port=self._reuse_port)
         port = sock.getsockname()[1]
         if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
             # uvicorn's notes on starting and stopping; its errors still show.
@@ -162,7 +237,9 @@ class HttpServer:
             raise StartupError(f"cannot serve on {listen} (--http-listen): {task.exception()}")
         host = listen.rpartition(":")[0]
         url = f"{'https' if self._listener.tls else 'http'}://{host}:{port}"
-        log.info("GitHub secret scanning on %s%s", url, github.PATH)
+        for path in self._listener.endpoints:
+            what = "GitHub secret scanning" if path == github.PATH else "forward-auth"
+            log.info("%s on %s%s", what, url, path)
         return url
 
     async def stop(self) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +17,13 @@ from grpc_reflection.v1alpha import reflection
 from keysvc_client.v1 import keysvc_pb2 as pb
 from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
 
+from keysvc.api import envoy
+from keysvc.api.gateway import Gateway, load_routes
 from keysvc.api.servicer import KeyServiceServicer
 from keysvc.core.errors import StartupError, Unavailable
 from keysvc.ports.store import KeyStore
 from keysvc.ports.workers import Workers
-from keysvc.runtime import http_listener, security
+from keysvc.runtime import http_listener, metrics_listener, security
 from keysvc.runtime.build import PRODUCTION, Keysvc, Seams, built
 from keysvc.runtime.config import Settings
 
@@ -40,6 +42,9 @@ class Serving:
     keysvc: Keysvc
     # The --http-listen listener (GitHub secret scanning) as http[s]://HOST:PORT; None: none.
     http_url: str | None = None
+    # The --metrics-listen listener as http://HOST:PORT/metrics; None: none (or a worker's,
+    # whose supervisor serves the metrics).
+    metrics_url: str | None = None
 
 
 def _transport(settings: Settings) -> str:
@@ -82,7 +87,7 @@ def _health_server(
     """The loopback listener of --health-listen: the health service alone, in plaintext."""
     if settings.health_listen is None:
         return None
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if settings.shares_ports else 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
         server.add_insecure_port(settings.health_listen)
@@ -95,25 +100,44 @@ def _health_server(
 @contextlib.asynccontextmanager
 async def running(settings: Settings, *, seams: Seams = PRODUCTION) -> AsyncIterator[Serving]:
     """Serves until the block exits, then shuts down gracefully; yields where it listens."""
+    # Read before anything else: a mistake in the file stops the start, naming its line.
+    routes = None if settings.gateway_routes is None else load_routes(settings.gateway_routes)
     credentials = security.server_credentials(settings)
     security.check_health_listen(settings)
+    metrics_listener.check(settings)
     http = http_listener.configured(settings)
     gate = security.gate(settings)
     async with built(settings, seams=seams) as keysvc:
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
-                # One server per port: a second one binding the same port is an error.
-                ("grpc.so_reuseport", 0),
+                # One server per port: a second one binding the same port is an error; but
+                # workers of one supervisor share it, and the kernel spreads their connections
+                # (grpc core's default is 1, so it is set either way).
+                ("grpc.so_reuseport", 1 if settings.shares_ports else 0),
             ],
         )
-        pb_grpc.add_KeyServiceServicer_to_server(
-            KeyServiceServicer(keysvc.admin, keysvc.authorizer, gate), server
+        servicer = KeyServiceServicer(
+            keysvc.admin, keysvc.authorizer, gate, keysvc.change_log, metrics=keysvc.metrics
         )
+        pb_grpc.add_KeyServiceServicer_to_server(servicer, server)
+        gateway_services: tuple[str, ...] = ()
+        if routes is not None:
+            envoy.add_to_server(
+                envoy.EnvoyAuthorization(
+                    Gateway(routes, keysvc.authorizer, transport="envoy", metrics=keysvc.metrics),
+                    gate,
+                    strip_key=settings.gateway_strip_key,
+                ),
+                server,
+            )
+            gateway_services = (envoy.SERVICE_NAME,)
+            log.info("Envoy ext_authz on this port: %d routes from %s", len(routes), routes.source)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, *gateway_services, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
         )
         try:
             if credentials is None:
@@ -139,37 +163,78 @@ async def running(settings: Settings, *, seams: Seams = PRODUCTION) -> AsyncIter
         log.info("transport: %s", _transport(settings))
         log.info("keysvc listening on %s", address)
         http_server = (
-            None if http is None else http_listener.HttpServer(http, keysvc.admin, settings)
+            None
+            if http is None
+            else http_listener.HttpServer(
+                http,
+                keysvc.admin,
+                settings,
+                authorizer=keysvc.authorizer,
+                metrics=keysvc.metrics,
+            )
         )
+        metrics_server: metrics_listener.MetricsServer | None = None
         try:
             http_url = None if http_server is None else await http_server.start()
-            yield Serving(address=address, port=port, keysvc=keysvc, http_url=http_url)
+            metrics_server = await asyncio.to_thread(
+                metrics_listener.serve_process, settings, keysvc.metrics
+            )
+            yield Serving(
+                address=address,
+                port=port,
+                keysvc=keysvc,
+                http_url=http_url,
+                metrics_url=None if metrics_server is None else metrics_server.url,
+            )
         finally:
             log.info("shutting down: refusing new calls, finishing in-flight ones")
             watch.cancel()
             await health_servicer.enter_graceful_shutdown()
+            stopping = asyncio.ensure_future(server.stop(settings.shutdown_grace_seconds))
+            # Once new calls are refused, the Session streams (which Guards keep open for good)
+            # end, so that they hold the shutdown no longer than the calls in flight.
+            await asyncio.sleep(0)
+            servicer.end_sessions()
             await asyncio.gather(
-                server.stop(settings.shutdown_grace_seconds),
+                stopping,
                 *([] if http_server is None else [http_server.stop()]),
             )
             if health_server is not None:
                 await health_server.stop(0)
+            if metrics_server is not None:
+                await asyncio.to_thread(metrics_server.stop)
     log.info("keysvc stopped")
 
 
-async def serve(settings: Settings, *, address_file: Path | None = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    address_file: Path | None = None,
+    on_serving: Callable[[list[str]], None] | None = None,
+) -> None:
     """Runs until SIGTERM or SIGINT. `address_file`, if given, receives the address the server
     listens on once it does (written whole, then renamed into place): the gRPC HOST:PORT on
-    the first line, and with --http-listen the HTTP listener's http[s]://HOST:PORT on the
-    second."""
+    the first line, with --http-listen the HTTP listener's http[s]://HOST:PORT on the next,
+    and with --metrics-listen the metrics' http://HOST:PORT/metrics on the next.
+    `on_serving`, if given, gets the same lines at the same moment (a worker reports them to
+    its supervisor, keysvc.runtime.supervisor)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with running(settings) as serving:
+        lines = [serving.address, *([serving.http_url] if serving.http_url else [])]
+        lines += [serving.metrics_url] if serving.metrics_url else []
         if address_file is not None:
-            partial = address_file.with_name(address_file.name + ".partial")
-            lines = [serving.address, *([serving.http_url] if serving.http_url else [])]
-            partial.write_text("".join(f"{line}\n" for line in lines))
-            partial.replace(address_file)
+            write_address_file(address_file, lines)
+        if on_serving is not None:
+            on_serving(lines)
         await stop.wait()
+
+
+def write_address_file(path: Path, lines: Sequence[str]) -> None:
+    """`lines` into `path`, written whole and then renamed into place: a reader polling for
+    the file never sees half of it."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(f"{line}\n" for line in lines))
+    partial.replace(path)

@@ -31,6 +31,8 @@ from keysvc.core.model import (
     RolledKey,
 )
 from keysvc.ports.cache import KeyCache
+from keysvc.ports.metrics import NO_METRICS, Metrics
+from keysvc.ports.pushes import NO_ANNOUNCER, ChangeAnnouncer
 from keysvc.ports.store import KeyIdTaken, KeyStore
 from keysvc.ports.workers import Workers
 from keysvc.usecases.change_log import ChangeLog
@@ -47,6 +49,9 @@ class KeyAdmin:
         workers: Workers,
         change_log: ChangeLog,
         clock: Clock = utc_now,
+        *,
+        announcer: ChangeAnnouncer = NO_ANNOUNCER,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._store = store
         self._cache = cache
@@ -54,6 +59,8 @@ class KeyAdmin:
         self._workers = workers
         self._log = change_log
         self._clock = clock
+        self._announcer = announcer
+        self._metrics = metrics
 
     def now(self) -> datetime:
         """The time keysvc judges expiry by."""
@@ -188,7 +195,7 @@ class KeyAdmin:
         await self._recache(key, revocation.seq)
         # Also on a repeated revoke: the first one's caller may have given up before this
         # wait, and this one's answer makes the same promise.
-        await self._log.wait_out(committed)
+        await self._wait_out(committed)
         return key
 
     async def roll_key(
@@ -250,7 +257,7 @@ class KeyAdmin:
                 await self._recache(roll.rolled, old_seq[0])
             # Also when this roll left the old key as it was: a change another call made to
             # it may still be within its lease, and this answer makes the same promise.
-            await self._log.wait_out(committed)
+            await self._wait_out(committed)
             return RolledKey(key=roll.key, raw_key=raw_key, rolled=roll.rolled)
         raise Unavailable("could not draw an unused key id; try again")
 
@@ -287,7 +294,7 @@ class KeyAdmin:
         if result.seq is None:
             # Nothing to change: another call may have made this very change a moment ago and
             # still be waiting out its lease; this answer makes the same promise.
-            await self._log.wait_out(committed)
+            await self._wait_out(committed)
             return result.after
         self._changed(result.seq, key_id, ChangeKind.UPDATED)
         log.info(
@@ -299,7 +306,7 @@ class KeyAdmin:
         )
         await self._recache(result.after, result.seq)
         if narrows(result.before, result.after):
-            await self._log.wait_out(committed)
+            await self._wait_out(committed)
         return result.after
 
     async def revoke_leaked_keys(
@@ -315,7 +322,7 @@ class KeyAdmin:
         )
         committed = [at for _, at in results if at is not None]
         if committed:
-            await self._log.wait_out(max(committed))
+            await self._wait_out(max(committed))
         return [leaked for leaked, _ in results]
 
     async def _revoke_leaked(
@@ -364,8 +371,17 @@ class KeyAdmin:
         return dataclasses.replace(found, outcome=LeakOutcome.REVOKED), committed
 
     def _changed(self, seq: int, key_id: str, kind: ChangeKind) -> None:
-        """Applies a change this replica made to its own change log: it decides by it at once."""
+        """Applies a change this replica made to its own change log: it decides by it at once,
+        and tells the other replicas to read the log now (for speed only)."""
         self._log.note([Change(seq, key_id, kind)])
+        if kind is not ChangeKind.CREATED:
+            self._announcer.announce([key_id])
+
+    async def _wait_out(self, committed: float) -> None:
+        """Returns once no cache anywhere trusts what it read before `committed`."""
+        started = self._log.now()
+        await self._log.wait_out(committed)
+        self._metrics.revocation_wait(self._log.now() - started)
 
     async def _recache(self, key: ApiKey, seq: int | None) -> None:
         """Puts the key's new state in the cache, so that replicas use it at once rather than

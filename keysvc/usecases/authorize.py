@@ -126,11 +126,35 @@ class Authorizer:
             if grant.revoked or self._log.current(grant):
                 return self._decide(grant, required, required_mode, client_ip)
             proven = True
-        fresh = await self._read_and_verify(parsed, digest, arrived, proven=proven)
+        fresh = await self._read_and_verify(
+            parsed.key_id, digest, arrived, parsed=None if proven else parsed
+        )
         if fresh is None:
             await self._slow_down_guesses(parsed.key_id, digest)
             return Decision(Reason.NOT_FOUND)
         return self._decide(fresh, required, required_mode, client_ip)
+
+    async def renew(self, key_id: str, digest: bytes) -> Decision:
+        """The decision Authorize would give, with no required scope, on the key whose id is
+        `key_id` and whose SHA-256 is `digest`, both proven by an earlier decision of this
+        process (a session's Authorize): a new lease for a near cache, with no key sent.
+        The caller vouches for the proof; nothing else may call this."""
+        arrived = self._log.now()
+        try:
+            grant = await self._cache.get(key_id)
+        except Unavailable:
+            grant = None
+        if (
+            grant is not None
+            and grant.digest is not None
+            and hmac.compare_digest(grant.digest, digest)
+            and (grant.revoked or self._log.current(grant))
+        ):
+            return self._decide(grant, frozenset(), None, "")
+        fresh = await self._read_and_verify(key_id, digest, arrived, parsed=None)
+        if fresh is None:
+            return Decision(Reason.NOT_FOUND)
+        return self._decide(fresh, frozenset(), None, "")
 
     async def _wrong_secret(self, key_id: str, digest: bytes) -> Decision:
         """A wrong secret for a cached key: counted against the key id like a failed argon2."""
@@ -162,22 +186,25 @@ class Authorizer:
             return Decision(Reason.EXPIRED, grant)
         # The key authenticated, whatever the address, mode and scopes say about this request.
         self._recorder.record(grant.key_id, now)
+        lease = self._log.lease_remaining(grant)
         if grant.allowed_ips and not networks.allows(grant.allowed_ips, client_ip):
-            return Decision(Reason.IP_NOT_ALLOWED, grant)
+            return Decision(Reason.IP_NOT_ALLOWED, grant, lease_seconds=lease)
         if required_mode is not None and grant.mode is not required_mode:
-            return Decision(Reason.WRONG_MODE, grant)
+            return Decision(Reason.WRONG_MODE, grant, lease_seconds=lease)
         missing = required - grant.scopes
         if missing:
-            return Decision(Reason.INSUFFICIENT_SCOPE, grant, tuple(sorted(missing)))
-        return Decision(Reason.ALLOWED, grant)
+            return Decision(
+                Reason.INSUFFICIENT_SCOPE, grant, tuple(sorted(missing)), lease_seconds=lease
+            )
+        return Decision(Reason.ALLOWED, grant, lease_seconds=lease)
 
     async def _read_and_verify(
-        self, parsed: keys.ParsedKey, digest: bytes, arrived: float, *, proven: bool
+        self, key_id: str, digest: bytes, arrived: float, *, parsed: keys.ParsedKey | None
     ) -> KeyGrant | None:
         """The key's grant as stored now, if the secret is right; None if it is not (or
-        the key does not exist). Caches what it read."""
-        key_id = parsed.key_id
-        proven = proven or self._throttle.is_proven(key_id, digest)
+        the key does not exist). Caches what it read. `parsed` is the presented key, to
+        verify; None when its digest is already proven against this key."""
+        proven = parsed is None or self._throttle.is_proven(key_id, digest)
         if not proven and (
             (key_id, digest) in self._rejected or self._throttle.refuses(key_id, digest)
         ):
@@ -187,7 +214,7 @@ class Authorizer:
         stored = await self._read(key_id, arrived)
         if stored is None:
             return None
-        if not proven and not await self._verified(parsed, digest, stored):
+        if parsed is not None and not proven and not await self._verified(parsed, digest, stored):
             return None
         grant = KeyGrant.of(stored.key, seq=stored.seq, digest=digest)
         await self.before_fill(grant)

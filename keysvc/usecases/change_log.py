@@ -28,9 +28,18 @@ from keysvc.ports.workers import Workers
 
 log = logging.getLogger(__name__)
 
-# The fastest rate at which a monotonic clock may drift from real time, assumed by the wait
-# that RevokeKey does (NTP slews by at most 0.05%; this leaves a wide margin).
+# rho: how far from real time's rate any clock measuring a lease may run, fast or slow: a
+# clock that counts d seconds saw between d/(1 + rho) and d/(1 - rho) pass (NTP slews by at
+# most 0.05%; this leaves a wide margin). docs/revocation.md, "The clocks".
 CLOCK_DRIFT = 0.01
+
+
+def revocation_wait(lease_seconds: float) -> float:
+    """How long, on its own clock, a narrowing change waits after its commit: long enough
+    that every cache, at any level, that counted the lease L on its own clock has stopped
+    trusting what it read before the commit. That takes at most L/(1 - rho) of real time;
+    a wait counted as W on a clock that may run fast lasts at least W/(1 + rho)."""
+    return lease_seconds * (1 + CLOCK_DRIFT) / (1 - CLOCK_DRIFT)
 
 
 def lease_clock() -> float:
@@ -102,6 +111,8 @@ class ChangeLog:
         self._reads: list[tuple[float, asyncio.Future[None]]] = []
         # Called when a request starts waiting for a read (see ChangeFollower.run).
         self._want_read: Callable[[], None] = lambda: None
+        # Called with the key ids of every change learnt but a creation (sessions push them).
+        self._listeners: list[Callable[[list[str]], None]] = []
 
     def apply(self, changes: Sequence[Change], *, read_at: float | None) -> None:
         """Learns `changes`, read from the log after the cursor in one read; `read_at` is when
@@ -117,13 +128,26 @@ class ChangeLog:
         """Learns changes this replica made itself. The cursor stays: changes before them,
         made through other replicas, may not have been read yet."""
         self._known.add(change.key_id for change in changes if change.kind is ChangeKind.CREATED)
+        changed: list[str] = []
         for change in changes:
             if change.kind is not ChangeKind.CREATED:
-                self._changed[change.key_id] = max(change.seq, self._changed.get(change.key_id, 0))
+                seq = self._changed.get(change.key_id, 0)
+                if change.seq > seq:
+                    changed.append(change.key_id)
+                self._changed[change.key_id] = max(change.seq, seq)
                 self._changed.move_to_end(change.key_id)
         while len(self._changed) > self._max_changed_keys:
             _, seq = self._changed.popitem(last=False)
             self._floor = max(self._floor, seq)
+        if changed:
+            for listener in list(self._listeners):
+                listener(changed)
+
+    def on_changes(self, listener: Callable[[list[str]], None]) -> Callable[[], None]:
+        """Has `listener` called with the key ids of each batch of changes learnt (revoked,
+        updated) from now on: for speed only, as pushes are. Returns what unregisters it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     def start(self, *, head: int, changes: Sequence[Change], floor: int) -> None:
         """Starts from the log's head, knowing the latest changes (revocations, updates) before
@@ -143,6 +167,20 @@ class ChangeLog:
         if read_at is None or self.now() - read_at > self.lease_seconds:
             return False
         return grant.seq >= self._floor and self._changed.get(grant.key_id, 0) <= grant.seq
+
+    def lease_remaining(self, grant: KeyGrant) -> float:
+        """How long from now `grant` may go on deciding in a cache further from the change log
+        (an API server's Guard): what remains of this replica's own trust in it. 0 when it is
+        not current. Handed on, it never outlasts the read it rests on (docs/revocation.md)."""
+        read_at = self._read_at
+        if read_at is None or grant.revoked or not self.current(grant):
+            return 0.0
+        return max(0.0, read_at + self.lease_seconds - self.now())
+
+    def read_soon(self) -> None:
+        """Asks for a read of the log now rather than at the next interval (a replica was told
+        a key changed). Reads still come at most every ChangeFollower's minimum gap."""
+        self._want_read()
 
     def knows(self, key_id: str) -> bool:
         return key_id in self._known
@@ -185,7 +223,7 @@ class ChangeLog:
     async def wait_out(self, since: float) -> None:
         """Returns once every replica's knowledge, as `current` trusts it, was read after
         `since`: the lease, plus what clocks drifting apart could add to it."""
-        remaining = since + self.lease_seconds * (1 + 2 * CLOCK_DRIFT) - self.now()
+        remaining = since + revocation_wait(self.lease_seconds) - self.now()
         if remaining > 0:
             await asyncio.sleep(remaining)
 

@@ -28,7 +28,7 @@ import grpc
 import psycopg
 import pytest
 import redis
-from keysvc_client import CreateKeyResponse, KeyServiceClient, keysvc_pb2
+from keysvc_client import CreateKeyResponse, Guard, KeyServiceClient, keysvc_pb2
 
 from tests.e2e.harness import (
     ServerFactory,
@@ -143,15 +143,32 @@ def _create(server: ServerProcess, account: str) -> CreateKeyResponse:
         return admin.create_key(account, "Production server", "live", ["links:read"])
 
 
+# One Guard per replica for the test's length, as an API server keeps one: a key it allowed
+# before a fault sits in its near cache across the fault.
+_GUARDS: dict[str, Guard] = {}
+
+
+@pytest.fixture(autouse=True)
+def _close_guards() -> Iterator[None]:
+    yield
+    for guard in _GUARDS.values():
+        guard.close()
+    _GUARDS.clear()
+
+
 def _decisions(
     replicas: list[ServerProcess], api_key: str, rounds: int = 3
 ) -> set[tuple[int, str]]:
-    """Every decision the replicas give the key, `rounds` times each."""
+    """Every decision the replicas give the key, `rounds` times each: asked directly with
+    Authorize, and through an API server's Guard (near cache on) attached to each replica."""
     seen = set()
     for server in replicas:
+        guard = _GUARDS.setdefault(server.target, Guard(server.target, timeout=2.0))
         with server.client(admin=False) as public:
             for _ in range(rounds):
                 seen.add(verdict(public.authorize(api_key)))
+                checked = guard.check(f"Bearer {api_key}")
+                seen.add((checked.status, f"REASON_{checked.reason.upper()}"))
     return seen
 
 

@@ -153,6 +153,9 @@ class ServerProcess:
         # With --http-listen: the HTTP listener's http[s]://HOST:PORT (the address file's
         # second line); "" without.
         self.http_url = ""
+        # With --metrics-listen: http://HOST:PORT/metrics (the address file's line after
+        # those); "" without.
+        self.metrics_url = ""
 
     # -- state --------------------------------------------------------------------------
 
@@ -261,12 +264,13 @@ class ServerProcess:
             ) from None
 
     def wait_until_ready(self) -> None:
-        address, *http = poll(self._bound_address, timeout=START_TIMEOUT, what="the address file")
+        address, *urls = poll(self._bound_address, timeout=START_TIMEOUT, what="the address file")
         host, _, port = address.rpartition(":")
         # A server bound to every interface is reached over loopback only.
         host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
         self.target = f"{host}:{port}"
-        self.http_url = http[0] if http else ""
+        self.http_url = next((url for url in urls if not url.endswith("/metrics")), "")
+        self.metrics_url = next((url for url in urls if url.endswith("/metrics")), "")
         poll(self._serving, timeout=START_TIMEOUT, what="health SERVING")
         token = self.env.get("KEYSVC_ADMIN_TOKEN")
         token_file = self.data_dir / "admin-token"
@@ -276,7 +280,8 @@ class ServerProcess:
         self.admin_token = token or ""
 
     def _bound_address(self) -> list[str] | None:
-        """The address file's lines: the gRPC address, then the HTTP listener's URL if any."""
+        """The address file's lines: the gRPC address, then the HTTP listener's URL and the
+        metrics' URL, each if any."""
         if self.address_path.exists():
             return self.address_path.read_text().split()
         if not self.running:

@@ -148,6 +148,39 @@ class TestAdminRpcs:
         assert code == grpc.StatusCode.OK
 
 
+def session_status_of(server: ServerProcess, token: str | None) -> grpc.StatusCode:
+    """The status of a Session stream carrying `token` that asks one Authorize and hangs up."""
+    metadata = None if token is None else (("authorization", f"Bearer {token}"),)
+    request = pb.SessionRequest(id=1, authorize=pb.AuthorizeRequest(api_key="garbage"))
+    with server.channel() as channel:
+        call = server.stub(channel).Session(iter([request]), metadata=metadata, timeout=TIMEOUT)
+        try:
+            answers = list(call)
+        except grpc.RpcError as err:
+            code: grpc.StatusCode = err.code()
+            return code
+    assert [answer.authorize.http_status for answer in answers] == [401]
+    return grpc.StatusCode.OK
+
+
+class TestSession:
+    @pytest.mark.parametrize(
+        ("token", "code"),
+        [
+            (Tokens.authorizer, grpc.StatusCode.OK),
+            (Tokens.admin, grpc.StatusCode.OK),
+            (None, grpc.StatusCode.UNAUTHENTICATED),
+            ("kst_not-a-configured-token", grpc.StatusCode.UNAUTHENTICATED),
+        ],
+        ids=["authorizer", "admin", "none", "wrong"],
+    )
+    def test_is_open_to_whoever_may_call_authorize(
+        self, server: ServerProcess, token: str | None, code: grpc.StatusCode
+    ) -> None:
+        """The Session stream is Authorize's: the same credentials open it."""
+        assert session_status_of(server, token) == code
+
+
 class TestAuthorize:
     def test_decides_for_the_authorizer(self, server: ServerProcess) -> None:
         """Authorize with the authorizer's token returns a decision."""

@@ -32,7 +32,7 @@ class TestReflection:
         assert "grpc.health.v1.Health" in services
 
     def test_list_shows_every_rpc(self, server: ServerProcess) -> None:
-        """`grpcurl list keysvc.v1.KeyService` shows the ten RPCs of the contract."""
+        """`grpcurl list keysvc.v1.KeyService` shows the eleven RPCs of the contract."""
         result = server.grpcurl("list", "keysvc.v1.KeyService")
 
         assert result.returncode == 0, result.stderr
@@ -49,6 +49,7 @@ class TestReflection:
                     "RevokeKey",
                     "RevokeLeakedKeys",
                     "RollKey",
+                    "Session",
                     "UpdateKey",
                 ]
             )

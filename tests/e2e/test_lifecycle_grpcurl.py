@@ -64,7 +64,7 @@ def decide(server: ServerProcess, secret: str, **fields: Any) -> tuple[int, str]
 
 class TestReflection:
     def test_list_shows_the_lifecycle_rpcs(self, server: ServerProcess) -> None:
-        """`grpcurl list keysvc.v1.KeyService` shows the ten RPCs, RollKey, UpdateKey and
+        """`grpcurl list keysvc.v1.KeyService` shows the eleven RPCs, RollKey, UpdateKey and
         RevokeLeakedKeys among them."""
         result = server.grpcurl("list", SERVICE)
 
@@ -74,7 +74,8 @@ class TestReflection:
             for name in sorted(
                 [
                     "Authorize", "CreateKey", "GetKey", "ListAuditEvents", "ListKeys",
-                    "ListScopes", "RevokeKey", "RevokeLeakedKeys", "RollKey", "UpdateKey",
+                    "ListScopes", "RevokeKey", "RevokeLeakedKeys", "RollKey", "Session",
+                    "UpdateKey",
                 ]
             )
         ]  # fmt: skip

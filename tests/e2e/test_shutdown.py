@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from keysvc_client import keysvc_pb2
+from keysvc_client import Guard, keysvc_pb2
 
 from .harness import (
     COMMAND_TIMEOUT,
@@ -83,6 +83,20 @@ class TestGracefulShutdown:
             watch.cancel()
 
         assert server.stop() == 0
+
+    def test_guards_sessions_do_not_hold_the_shutdown(self, server_factory: ServerFactory) -> None:
+        """A Guard keeps its Session stream open for good; SIGTERM ends it rather than waiting
+        out the 60 s grace period, and the Guard, cut off, never allows on a guess."""
+        server = server_factory.start("--shutdown-grace-seconds", "60")
+        with server.client() as admin:
+            secret = admin.create_key("acct_guarded", "n", "live", ["links:read"]).secret
+        with Guard(server.target, timeout=1.0) as guard:
+            assert guard.check(f"Bearer {secret}").status == 200
+            assert guard.stats().sessions_up == 1
+
+            assert server.stop(timeout=20) == 0
+
+            assert guard.check("Bearer ck_live_unknown").status in (401, 503)
 
     def test_in_flight_calls_finish(self, server_factory: ServerFactory) -> None:
         """A CreateKey still hashing when SIGTERM arrives completes, and its key is kept."""

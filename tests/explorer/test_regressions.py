@@ -57,10 +57,11 @@ REGRESSIONS = [
         "A grant read before the key's revocation deciding requests after it.",
     ),
     Regression(
-        2797,
+        3807,
         "shared_old_reads",
-        "Under a slow store, a request sent after RevokeKey returned joined a store read begun"
-        " before the revocation committed, and was allowed on what that read found.",
+        "Under a slow store, requests that a Guard asked its replica about more than a lease"
+        " after the key's revocation committed joined a store read begun before the commit,"
+        " and were allowed on what that read found.",
     ),
     Regression(
         2,
@@ -74,6 +75,40 @@ REGRESSIONS = [
         "UpdateKey removing a scope returned before the lease ran out: a replica whose change"
         " log had not been read since the commit allowed the removed scope to a request sent"
         " afterwards.",
+    ),
+    Regression(
+        61,
+        "guard_counts_from_receipt",
+        "A Guard's answer came a quarter of a second after it asked, the stream stalled; a"
+        " Guard that counted the lease from the answer's arrival kept deciding the key from"
+        " its near cache more than a lease after its revocation committed.",
+    ),
+    Regression(
+        30,
+        "full_lease_handed_on",
+        "A replica handed a Guard the whole lease on a grant it had last confirmed a while"
+        " before; the key's revocation committed just after, and the Guard's near cache"
+        " allowed it more than a lease after the commit.",
+    ),
+    Regression(
+        198,
+        "renew_without_lease_check",
+        "An old grant of a key, from before UpdateKey removed links:write, was replayed into"
+        " Redis; a renewal answered from it without checking it was current handed the Guard"
+        " a new lease on it, and its near cache allowed links:write after UpdateKey returned.",
+    ),
+    Regression(
+        73,
+        "guard_clock_stops_while_paused",
+        "An API server paused for three leases across a revocation, on a clock that stopped"
+        " meanwhile: resumed, its near cache allowed the requests that had piled up, and new"
+        " ones, long after the commit.",
+    ),
+    Regression(
+        11,
+        "pushes_instead_of_leases",
+        "A near cache that kept entries until a push dropped them allowed a key after"
+        " RevokeKey returned: the push from the Guard's replica came later still.",
     ),
 ]
 

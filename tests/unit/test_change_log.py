@@ -8,7 +8,7 @@ import pytest
 
 from keysvc.core.errors import Unavailable
 from keysvc.core.model import Change, ChangeKind, KeyGrant, Mode
-from keysvc.usecases.change_log import CLOCK_DRIFT, ChangeLog, KnownKeyIds
+from keysvc.usecases.change_log import CLOCK_DRIFT, ChangeLog, KnownKeyIds, revocation_wait
 
 from .support import FakeMonotonic, async_test
 
@@ -170,4 +170,55 @@ class TestWaiting:
         change_log = ChangeLog(lease_seconds=0.05)
         since = change_log.now()
         await change_log.wait_out(since)
-        assert change_log.now() - since >= 0.05 * (1 + 2 * CLOCK_DRIFT)
+        assert change_log.now() - since >= revocation_wait(0.05)
+
+    def test_the_wait_outlasts_any_cache_whatever_the_clocks_rates(self) -> None:
+        """Counted on a clock running fast by the allowed rate error, the wait still lasts
+        as long as a lease counted on a clock running slow by as much (docs/revocation.md)."""
+        wait_in_real_time = revocation_wait(LEASE) / (1 + CLOCK_DRIFT)
+        longest_lease_in_real_time = LEASE / (1 - CLOCK_DRIFT)
+        # Equal up to rounding: the wait is exactly long enough, and no longer.
+        assert wait_in_real_time == pytest.approx(longest_lease_in_real_time, rel=1e-12)
+        assert revocation_wait(LEASE) > LEASE * (1 + 2 * CLOCK_DRIFT)
+
+
+class TestLeaseHandedOn:
+    def test_a_current_grant_is_handed_on_with_what_remains_of_the_lease(self) -> None:
+        """The lease a Guard gets is the replica's own trust, minus the time since its read."""
+        clock = FakeMonotonic()
+        change_log = _log(clock)
+        clock.advance(0.3)
+        assert change_log.lease_remaining(_grant(seq=10)) == pytest.approx(LEASE - 0.3)
+
+    def test_a_stale_or_revoked_grant_has_no_lease(self) -> None:
+        clock = FakeMonotonic()
+        change_log = _log(clock)
+        change_log.apply([Change(11, "a1B2c3D4e5F6", ChangeKind.UPDATED)], read_at=clock())
+        assert change_log.lease_remaining(_grant(seq=10)) == 0.0
+        revoked = KeyGrant("Zz9Yy8Xx7Ww6", "acct_1", Mode.LIVE, frozenset(), True, 11)
+        assert change_log.lease_remaining(revoked) == 0.0
+
+    def test_no_lease_once_the_replica_knowledge_is_older_than_the_lease(self) -> None:
+        """A replica that could not read the log hands out nothing, however hot the key."""
+        clock = FakeMonotonic()
+        change_log = _log(clock)
+        clock.advance(LEASE + 0.001)
+        assert change_log.lease_remaining(_grant(seq=10)) == 0.0
+
+    def test_listeners_hear_of_changes_but_not_of_creations(self) -> None:
+        clock = FakeMonotonic()
+        change_log = _log(clock)
+        heard: list[list[str]] = []
+        unregister = change_log.on_changes(heard.append)
+        change_log.apply(
+            [
+                Change(11, "Zz9Yy8Xx7Ww6", ChangeKind.CREATED),
+                Change(12, "a1B2c3D4e5F6", ChangeKind.REVOKED),
+            ],
+            read_at=clock(),
+        )
+        # The same change learnt twice (made here, then read from the log) is told once.
+        change_log.apply([Change(12, "a1B2c3D4e5F6", ChangeKind.REVOKED)], read_at=clock())
+        unregister()
+        change_log.apply([Change(13, "Zz9Yy8Xx7Ww6", ChangeKind.UPDATED)], read_at=clock())
+        assert heard == [["a1B2c3D4e5F6"]]

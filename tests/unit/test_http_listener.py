@@ -45,6 +45,7 @@ class TestSettings:
             _settings(["--http-listen", "127.0.0.1:0", "--github-keys-file", str(keys_file)])
         )
         assert listener is not None
+        assert listener.public_keys is not None
         assert (listener.listen, listener.tls, len(listener.public_keys.keys)) == (
             "127.0.0.1:0",
             False,

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeAlias
 import grpc
 
 from keysvc_client._common import ModeLike, bearer_credential, scrub_secret, to_mode
-from keysvc_client.errors import from_rpc_error
+from keysvc_client.errors import KeysvcError, from_rpc_error
 from keysvc_client.integrations._client_address import IPAddress, parse_address
 from keysvc_client.v1 import keysvc_pb2
 
@@ -65,7 +65,7 @@ refusal for a reason newer than this client; `unavailable` means keysvc could no
 (unreachable, out of time), `misconfigured` that it refused this API server's own request (a
 wrong token, an unknown scope)."""
 
-_MODE_NAMES: dict[int, Mode] = {keysvc_pb2.MODE_LIVE: "live", keysvc_pb2.MODE_TEST: "test"}
+MODE_NAMES: dict[int, Mode] = {keysvc_pb2.MODE_LIVE: "live", keysvc_pb2.MODE_TEST: "test"}
 
 _DECISIONS: dict[int, tuple[int, VerdictReason]] = {
     keysvc_pb2.REASON_MISSING: (401, "missing"),
@@ -192,7 +192,7 @@ class Settings:
 
     @property
     def mode_name(self) -> Mode | None:
-        return _MODE_NAMES.get(self.required_mode)
+        return MODE_NAMES.get(self.required_mode)
 
 
 def settings(
@@ -228,11 +228,31 @@ def settings(
     )
 
 
+# Checked tuples of scopes, by the tuple given: a route's scopes are checked once, not on
+# every request (the integrations pass each route's tuple).
+_CHECKED: dict[tuple[Any, ...], tuple[str, ...]] = {}
+_MAX_CHECKED = 1_024
+
+
 def required_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     """`scopes` checked for shape, duplicates folded, in the order given.
 
     Called where a route declares its scopes, so a typo fails at import, not on a request.
     """
+    if type(scopes) is tuple:
+        try:
+            checked = _CHECKED.get(scopes)
+        except TypeError:  # something unhashable in it: refused below
+            checked = None
+        if checked is None:
+            checked = _required_scopes(scopes)
+            if len(_CHECKED) < _MAX_CHECKED:
+                _CHECKED[scopes] = checked  # only a valid tuple gets here
+        return checked
+    return _required_scopes(scopes)
+
+
+def _required_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     if isinstance(scopes, str):
         raise TypeError("scopes must be an iterable of scope names, not a single string")
     folded: dict[str, None] = {}
@@ -304,13 +324,26 @@ def client_ip_field(client_ip: str | IPAddress | None) -> str:
     keysvc refuses for a key restricted to allowed IPs."""
     if client_ip is None:
         return ""
+    try:
+        return _CLIENT_IPS[client_ip]
+    except (KeyError, TypeError):
+        pass
     if isinstance(client_ip, str):
         address = parse_address(client_ip)
     elif isinstance(client_ip, IPAddress):
         address = parse_address(str(client_ip))
     else:
         raise TypeError(f"client_ip is an IP address or None, not {client_ip!r}")
-    return "" if address is None else str(address)
+    field = "" if address is None else str(address)
+    # Parsing costs more than a near-cache hit: the latest addresses are remembered.
+    if len(_CLIENT_IPS) >= _MAX_CLIENT_IPS:
+        _CLIENT_IPS.clear()
+    _CLIENT_IPS[client_ip] = field
+    return field
+
+
+_CLIENT_IPS: dict[str | IPAddress, str] = {}
+_MAX_CLIENT_IPS = 4_096
 
 
 def refused(status: int, reason: VerdictReason, required: tuple[str, ...]) -> Verdict:
@@ -324,7 +357,7 @@ def from_response(
 ) -> Verdict:
     """keysvc's decision as a Verdict, re-checking an `allowed` against what was asked for."""
     key = None
-    mode = _MODE_NAMES.get(response.mode)
+    mode = MODE_NAMES.get(response.mode)
     if response.key_id and mode is not None:
         key = KeyContext(
             key_id=response.key_id,
@@ -340,30 +373,44 @@ def from_response(
         # keysvc that ignored part of the request.
         missing = tuple(scope for scope in required if scope not in key.scopes)
         if missing:
-            return _insufficient(key, required, missing)
+            return insufficient(key, required, missing)
         if settings.mode_name is not None and key.mode != settings.mode_name:
-            return _wrong_mode(key, required, settings.mode_name)
-        return Verdict(
-            status=200,
-            reason="allowed",
-            message=_MESSAGES["allowed"],
-            key=key,
-            required_scopes=required,
-        )
+            return wrong_mode(key, required, settings.mode_name)
+        return allowed(key, required)
     status, reason = _DECISIONS.get(response.reason, (0, "refused"))
     if status == 0:
         # A reason newer than this client: keysvc said no, and its status says how.
         status = response.http_status if response.http_status in (401, 403) else 401
     if reason == "insufficient_scope" and key is not None:
-        return _insufficient(key, required, tuple(response.missing_scopes))
+        return insufficient(key, required, tuple(response.missing_scopes))
     if reason == "wrong_mode" and key is not None and settings.mode_name is not None:
-        return _wrong_mode(key, required, settings.mode_name)
+        return wrong_mode(key, required, settings.mode_name)
+    return refused_key(status, reason, key, required)
+
+
+# The verdicts on a recognised key, built here only: the near cache (keysvc_client._near_cache)
+# decides a held key with them, so that its verdicts are keysvc's to the last field.
+
+
+def allowed(key: KeyContext, required: tuple[str, ...]) -> Verdict:
+    return Verdict(
+        status=200,
+        reason="allowed",
+        message=_MESSAGES["allowed"],
+        key=key,
+        required_scopes=required,
+    )
+
+
+def refused_key(
+    status: int, reason: VerdictReason, key: KeyContext | None, required: tuple[str, ...]
+) -> Verdict:
     return Verdict(
         status=status, reason=reason, message=_MESSAGES[reason], key=key, required_scopes=required
     )
 
 
-def _insufficient(key: KeyContext, required: tuple[str, ...], missing: tuple[str, ...]) -> Verdict:
+def insufficient(key: KeyContext, required: tuple[str, ...], missing: tuple[str, ...]) -> Verdict:
     message = _MESSAGES["insufficient_scope"]
     if missing:
         message = (
@@ -379,7 +426,7 @@ def _insufficient(key: KeyContext, required: tuple[str, ...], missing: tuple[str
     )
 
 
-def _wrong_mode(key: KeyContext, required: tuple[str, ...], accepted: Mode) -> Verdict:
+def wrong_mode(key: KeyContext, required: tuple[str, ...], accepted: Mode) -> Verdict:
     return Verdict(
         status=403,
         reason="wrong_mode",
@@ -398,21 +445,44 @@ def from_rpc_failure(
 ) -> Verdict:
     """The verdict when Authorize failed: keysvc could not decide, or refused our own request."""
     error = from_rpc_error(err)
+    return from_failure(error.code, error.details, authorization, required, settings)
+
+
+def from_session_error(
+    code: int, message: str, authorization: str, required: tuple[str, ...], settings: Settings
+) -> Verdict:
+    """The verdict when keysvc answered a Session request with an error (a gRPC status code
+    number): as the same failure of the unary Authorize."""
+    status = _STATUS_CODES.get(code, grpc.StatusCode.UNKNOWN)
+    return from_failure(status, message, authorization, required, settings)
+
+
+_STATUS_CODES = {status.value[0]: status for status in grpc.StatusCode}
+
+
+def from_failure(
+    code: grpc.StatusCode,
+    details: str,
+    authorization: str,
+    required: tuple[str, ...],
+    settings: Settings,
+) -> Verdict:
     # The details come from keysvc or gRPC and are logged: they must not carry the key.
-    error = scrub_secret(error, authorization) or error
-    if error.code in _CANNOT_DECIDE:
+    error = KeysvcError(code, details)
+    details = (scrub_secret(error, authorization) or error).details
+    if code in _CANNOT_DECIDE:
         log.warning(
             "keysvc could not decide (%s: %s); answering %d",
-            error.code.name,
-            error.details,
+            code.name,
+            details,
             settings.unavailable_status,
         )
         return unavailable(required, settings)
     log.error(
         "keysvc refused this API server's Authorize call (%s: %s): check the Guard's token, "
         "TLS settings and required scopes; answering 500",
-        error.code.name,
-        error.details,
+        code.name,
+        details,
     )
     return refused(500, "misconfigured", required)
 

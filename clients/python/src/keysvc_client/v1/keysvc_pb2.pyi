@@ -647,6 +647,9 @@ class AuthorizeResponse(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
     MISSING_SCOPES_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    ALLOWED_IPS_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     http_status: _builtins.int
     """What the API server should answer: 200, 401 or 403."""
@@ -663,6 +666,23 @@ class AuthorizeResponse(_message.Message):
     def missing_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Required scopes the key does not hold (with REASON_INSUFFICIENT_SCOPE)."""
 
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """With the fields above: the rest of what the key may do, so that a near cache can
+        decide the key's next requests itself.
+        """
+
+    @_builtins.property
+    def allowed_ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def lease(self) -> _duration_pb2.Duration:
+        """How long the key's state above may decide further requests, counted from when
+        the caller sent this request, on a clock that runs at real time's rate within
+        1%. Zero or unset: not at all. Set only when the key is active; a near cache that
+        keeps the state past it, or counts from when the answer arrived, may allow a key
+        revoked meanwhile. A cache that hands the state on hands on what remains of it.
+        """
+
     def __init__(
         self,
         *,
@@ -674,14 +694,157 @@ class AuthorizeResponse(_message.Message):
         mode: Global___Mode.ValueType = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         missing_scopes: _abc.Iterable[_builtins.str] | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        allowed_ips: _abc.Iterable[_builtins.str] | None = ...,
+        lease: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allowed", b"allowed", "http_status", b"http_status", "key_id", b"key_id", "missing_scopes", b"missing_scopes", "mode", b"mode", "reason", b"reason", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allowed", b"allowed", "allowed_ips", b"allowed_ips", "expire_time", b"expire_time", "http_status", b"http_status", "key_id", b"key_id", "lease", b"lease", "missing_scopes", b"missing_scopes", "mode", b"mode", "reason", b"reason", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuthorizeResponse: _TypeAlias = AuthorizeResponse  # noqa: Y015
+
+@_typing.final
+class SessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AUTHORIZE_FIELD_NUMBER: _builtins.int
+    RENEW_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the client and unique among its requests in flight; the answer carries it."""
+    @_builtins.property
+    def authorize(self) -> Global___AuthorizeRequest: ...
+    @_builtins.property
+    def renew(self) -> Global___RenewLease:
+        """A new lease on a key this session authorized before, with no key sent."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        authorize: Global___AuthorizeRequest | None = ...,
+        renew: Global___RenewLease | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "renew", b"renew", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "id", b"id", "renew", b"renew", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["authorize", "renew"]  # noqa: Y015
+    _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class RenewLease(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """A key id this session's Authorize answered with a verified secret. Answered as
+    an Authorize with no required scopes; with SessionError FAILED_PRECONDITION if
+    this session does not know the key (a new session: send the key again).
+    """
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLease: _TypeAlias = RenewLease  # noqa: Y015
+
+@_typing.final
+class SessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AUTHORIZE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    KEYS_CHANGED_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The request's id; 0 for a push."""
+    @_builtins.property
+    def authorize(self) -> Global___AuthorizeResponse: ...
+    @_builtins.property
+    def error(self) -> Global___SessionError:
+        """keysvc could not decide (UNAVAILABLE), or the request was malformed
+        (INVALID_ARGUMENT), or a renewal named a key the session does not know.
+        """
+
+    @_builtins.property
+    def keys_changed(self) -> Global___KeysChanged:
+        """Pushed: these keys changed (revoked, narrowed, widened). Drop what is held
+        about them; their next request asks again.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        authorize: Global___AuthorizeResponse | None = ...,
+        error: Global___SessionError | None = ...,
+        keys_changed: Global___KeysChanged | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "error", b"error", "keys_changed", b"keys_changed", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "error", b"error", "id", b"id", "keys_changed", b"keys_changed", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["authorize", "error", "keys_changed"]  # noqa: Y015
+    _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
+
+Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+
+@_typing.final
+class SessionError(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """A gRPC status code number (UNAVAILABLE = 14, INVALID_ARGUMENT = 3, ...)."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionError: _TypeAlias = SessionError  # noqa: Y015
+
+@_typing.final
+class KeysChanged(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_ids", b"key_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeysChanged: _TypeAlias = KeysChanged  # noqa: Y015
 
 @_typing.final
 class ListScopesRequest(_message.Message):

@@ -74,6 +74,11 @@ class KeyServiceStub:
                 request_serializer=keysvc_dot_v1_dot_keysvc__pb2.AuthorizeRequest.SerializeToString,
                 response_deserializer=keysvc_dot_v1_dot_keysvc__pb2.AuthorizeResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/keysvc.v1.KeyService/Session',
+                request_serializer=keysvc_dot_v1_dot_keysvc__pb2.SessionRequest.SerializeToString,
+                response_deserializer=keysvc_dot_v1_dot_keysvc__pb2.SessionResponse.FromString,
+                _registered_method=True)
         self.ListScopes = channel.unary_unary(
                 '/keysvc.v1.KeyService/ListScopes',
                 request_serializer=keysvc_dot_v1_dot_keysvc__pb2.ListScopesRequest.SerializeToString,
@@ -153,6 +158,16 @@ class KeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Authorize for an API server's near cache (keysvc_client's Guard): Authorize
+        requests and lease renewals multiplexed on one stream, answered in any order,
+        and changes of the keys this session authorized pushed as they happen. Called
+        with the same credential as Authorize. docs/revocation.md states the protocol.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListScopes(self, request, context):
         """The scope catalogue keys can be granted from.
         """
@@ -210,6 +225,11 @@ def add_KeyServiceServicer_to_server(servicer, server):
                     servicer.Authorize,
                     request_deserializer=keysvc_dot_v1_dot_keysvc__pb2.AuthorizeRequest.FromString,
                     response_serializer=keysvc_dot_v1_dot_keysvc__pb2.AuthorizeResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=keysvc_dot_v1_dot_keysvc__pb2.SessionRequest.FromString,
+                    response_serializer=keysvc_dot_v1_dot_keysvc__pb2.SessionResponse.SerializeToString,
             ),
             'ListScopes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListScopes,
@@ -438,6 +458,33 @@ class KeyService:
             '/keysvc.v1.KeyService/Authorize',
             keysvc_dot_v1_dot_keysvc__pb2.AuthorizeRequest.SerializeToString,
             keysvc_dot_v1_dot_keysvc__pb2.AuthorizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/keysvc.v1.KeyService/Session',
+            keysvc_dot_v1_dot_keysvc__pb2.SessionRequest.SerializeToString,
+            keysvc_dot_v1_dot_keysvc__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

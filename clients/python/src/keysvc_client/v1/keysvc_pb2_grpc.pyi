@@ -65,6 +65,12 @@ class KeyServiceStub:
     the key is always a normal response; only a malformed request from the
     calling server (for example an unknown required scope) is an RPC error.
     """
+    Session: _grpc.StreamStreamMultiCallable[_keysvc_pb2.SessionRequest, _keysvc_pb2.SessionResponse]
+    """Authorize for an API server's near cache (keysvc_client's Guard): Authorize
+    requests and lease renewals multiplexed on one stream, answered in any order,
+    and changes of the keys this session authorized pushed as they happen. Called
+    with the same credential as Authorize. docs/revocation.md states the protocol.
+    """
     ListScopes: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.ListScopesRequest, _keysvc_pb2.ListScopesResponse]
     """The scope catalogue keys can be granted from."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.ListAuditEventsRequest, _keysvc_pb2.ListAuditEventsResponse]
@@ -103,6 +109,12 @@ class KeyServiceAsyncStub(KeyServiceStub):
     """Decides whether a request carrying `api_key` may proceed. A decision about
     the key is always a normal response; only a malformed request from the
     calling server (for example an unknown required scope) is an RPC error.
+    """
+    Session: _aio.StreamStreamMultiCallable[_keysvc_pb2.SessionRequest, _keysvc_pb2.SessionResponse]  # type: ignore[assignment]
+    """Authorize for an API server's near cache (keysvc_client's Guard): Authorize
+    requests and lease renewals multiplexed on one stream, answered in any order,
+    and changes of the keys this session authorized pushed as they happen. Called
+    with the same credential as Authorize. docs/revocation.md states the protocol.
     """
     ListScopes: _aio.UnaryUnaryMultiCallable[_keysvc_pb2.ListScopesRequest, _keysvc_pb2.ListScopesResponse]  # type: ignore[assignment]
     """The scope catalogue keys can be granted from."""
@@ -187,6 +199,18 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Decides whether a request carrying `api_key` may proceed. A decision about
         the key is always a normal response; only a malformed request from the
         calling server (for example an unknown required scope) is an RPC error.
+        """
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_keysvc_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_keysvc_pb2.SessionResponse], _abc.AsyncIterator[_keysvc_pb2.SessionResponse]]:
+        """Authorize for an API server's near cache (keysvc_client's Guard): Authorize
+        requests and lease renewals multiplexed on one stream, answered in any order,
+        and changes of the keys this session authorized pushed as they happen. Called
+        with the same credential as Authorize. docs/revocation.md states the protocol.
         """
 
     @_abc_1.abstractmethod
