@@ -6,14 +6,18 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
 from keysvc_client import KeyServiceClient, keysvc_pb2
 from keysvc_client.v1 import keysvc_pb2_grpc
+
+from tests.services import SharedPostgres, SharedRedis
 
 from .harness import NewKey, ServerFactory, ServerProcess
 
@@ -258,16 +262,31 @@ class TestPushedChanges:
         assert list(pushed.keys_changed.key_ids) == [created.key.id]
 
 
+@pytest.fixture
+def replicas(
+    tmp_path: Path, shared_postgres: SharedPostgres, shared_redis: SharedRedis
+) -> Iterator[ServerFactory]:
+    """Replicas on one fresh PostgreSQL database and one Redis namespace: production's only."""
+    factory = ServerFactory(
+        tmp_path,
+        args=[
+            "--database-url", shared_postgres.fresh_database(),
+            "--redis-url", shared_redis.url,
+            "--redis-namespace", f"{shared_redis.prefix}{uuid.uuid4().hex[:8]}:",
+        ],
+    )  # fmt: skip
+    yield factory
+    factory.close()
+
+
 def test_a_revocation_through_one_replica_is_pushed_from_another_before_revoke_returns(
-    backend_name: str, server_factory: ServerFactory, account: str
+    replicas: ServerFactory, account: str
 ) -> None:
     """Replicas tell each other of changes over Redis: a session on replica B hears of a
     revocation made through replica A long before B's next scheduled read of the change log
     (a fifth of a 20 s lease), and before A's RevokeKey has even returned."""
-    if backend_name == "embedded":
-        pytest.skip("replicas share a database and Redis only in production")
-    a = server_factory.start("--lease-seconds", "20")
-    b = server_factory.start("--lease-seconds", "20")
+    a = replicas.start("--lease-seconds", "20")
+    b = replicas.start("--lease-seconds", "20")
     with KeyServiceClient(a.target, admin_token=a.admin_token, timeout=60.0) as admin:
         created = admin.create_key(account, "Checkout", "live", ["links:read"])
         with b.channel() as channel:
