@@ -1,8 +1,9 @@
 """The ceiling: KeyService on grpc.aio whose Authorize answers a constant, doing nothing else.
 
 Its Session answers each request on the stream with the same constant, reading and writing at
-once as keysvc's does (one task reads, the handler writes): the ceiling of a stream on this
-stack, beside which keysvc's Session is measured.
+once as keysvc's does (one task reads, the handler writes), and batching as keysvc does: the
+answers to one message's requests go in one message, with any others ready by then. The
+ceiling of a stream on this stack, beside which keysvc's Session is measured.
 
 Run as `python -m bench.noop`; it binds 127.0.0.1:0, prints `listening on HOST:PORT`
 and serves until SIGTERM or SIGINT.
@@ -41,22 +42,35 @@ class NoopKeyService(pb_grpc.KeyServiceServicer):
 
     async def Session(
         self,
-        request_iterator: AsyncIterable[pb.SessionRequest],
+        request_iterator: AsyncIterable[pb.SessionRequests],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[pb.SessionResponse]:
-        answers: asyncio.Queue[pb.SessionResponse | None] = asyncio.Queue()
+    ) -> AsyncIterator[pb.SessionResponses]:
+        answers: asyncio.Queue[list[pb.SessionResponse] | None] = asyncio.Queue()
 
         async def read() -> None:
             try:
-                async for request in request_iterator:
-                    answers.put_nowait(pb.SessionResponse(id=request.id, authorize=ANSWER))
+                async for message in request_iterator:
+                    if message.requests:
+                        answers.put_nowait(
+                            [
+                                pb.SessionResponse(id=request.id, authorize=ANSWER)
+                                for request in message.requests
+                            ]
+                        )
             finally:
                 answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
-            while (answer := await answers.get()) is not None:
-                yield answer
+            while (batch := await answers.get()) is not None:
+                # With the answers to any other message read meanwhile.
+                while not answers.empty():
+                    more = answers.get_nowait()
+                    if more is None:
+                        yield pb.SessionResponses(responses=batch)
+                        return
+                    batch.extend(more)
+                yield pb.SessionResponses(responses=batch)
         finally:
             reader.cancel()
 

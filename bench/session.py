@@ -2,8 +2,9 @@
 
 The load generator's workers call it as they call the unary stub: `await authorize(request,
 timeout=...)`. Underneath, one grpc.aio Session stream carries every worker's request: each
-request gets an id and a future, one writer task writes requests in the order they were asked,
-and one reader task resolves each answer's future by its id. Pushes (keys_changed, id 0) are
+request gets an id and a future, one writer task writes requests in the order they were asked
+(every request waiting when it writes goes in one message, as a Guard sends them), and one
+reader task resolves each answer's future by its id. Pushes (keys_changed, id 0) are
 counted and otherwise ignored. If the stream ends, every request waiting on it, and every later
 one, fails with the stream's error.
 """
@@ -15,6 +16,9 @@ import itertools
 
 from keysvc_client.v1 import keysvc_pb2 as pb
 from keysvc_client.v1 import keysvc_pb2_grpc as pb_grpc
+
+# Requests one message carries, at most, as keysvc_client's Guard sends them.
+MAX_PER_MESSAGE = 512
 
 
 class SessionError(Exception):
@@ -53,8 +57,12 @@ class SessionAuthorize:
 
     async def _write(self) -> None:
         try:
+            outbox = self._outbox
             while True:
-                await self._call.write(await self._outbox.get())
+                batch = [await outbox.get()]
+                while len(batch) < MAX_PER_MESSAGE and not outbox.empty():
+                    batch.append(outbox.get_nowait())
+                await self._call.write(pb.SessionRequests(requests=batch))
         except asyncio.CancelledError:
             raise
         except BaseException as err:
@@ -63,19 +71,20 @@ class SessionAuthorize:
     async def _read(self) -> None:
         try:
             while True:
-                response = await self._call.read()
-                if not isinstance(response, pb.SessionResponse):
+                message = await self._call.read()
+                if not isinstance(message, pb.SessionResponses):
                     raise RuntimeError("the Session stream ended")
-                if response.id == 0:
-                    self.pushes += 1
-                    continue
-                future = self._pending.pop(response.id, None)
-                if future is None or future.done():
-                    continue
-                if response.WhichOneof("response") == "authorize":
-                    future.set_result(response.authorize)
-                else:
-                    future.set_exception(SessionError(response.error))
+                for response in message.responses:
+                    if response.id == 0:
+                        self.pushes += 1
+                        continue
+                    future = self._pending.pop(response.id, None)
+                    if future is None or future.done():
+                        continue
+                    if response.WhichOneof("response") == "authorize":
+                        future.set_result(response.authorize)
+                    else:
+                        future.set_exception(SessionError(response.error))
         except asyncio.CancelledError:
             raise
         except BaseException as err:

@@ -16,6 +16,7 @@ from keysvc.core.model import (
     AuditAction,
     AuditEvent,
     Decision,
+    KeyGrant,
     KeyStatus,
     KeyUpdate,
     LeakedKey,
@@ -179,19 +180,38 @@ def decision_to_pb(decision: Decision) -> pb.AuthorizeResponse:
         reason=_REASONS[decision.reason],
         missing_scopes=decision.missing_scopes,
     )
-    grant = decision.grant
-    if grant is not None:
-        response.key_id = grant.key_id
-        response.account_id = grant.account_id
-        response.mode = _MODES[grant.mode]
-        response.scopes.extend(sorted(grant.scopes))
-        if grant.expire_time is not None:
-            response.expire_time.FromDatetime(grant.expire_time)
-        response.allowed_ips.extend(str(network) for network in grant.allowed_ips)
+    if decision.grant is not None:
+        response.MergeFrom(_grant_part(decision.grant))
     if decision.lease_seconds > 0:
         # Rounded down: a near cache must never hold the grant longer than the replica would.
         response.lease.FromNanoseconds(int(decision.lease_seconds * 1e9))
     return response
+
+
+# The grant's part of an answer, built once per grant: a hot key's grant answers thousands of
+# times a second. Grants are immutable and a changed key gets a new grant object, so the object
+# itself is the key (its id, with the grant kept beside the part so that the id stays its own).
+_GRANT_PARTS: dict[int, tuple[KeyGrant, pb.AuthorizeResponse]] = {}
+_GRANT_PARTS_MAX = 10_000
+
+
+def _grant_part(grant: KeyGrant) -> pb.AuthorizeResponse:
+    found = _GRANT_PARTS.get(id(grant))
+    if found is not None and found[0] is grant:
+        return found[1]
+    part = pb.AuthorizeResponse(
+        key_id=grant.key_id,
+        account_id=grant.account_id,
+        mode=_MODES[grant.mode],
+        scopes=sorted(grant.scopes),
+        allowed_ips=[str(network) for network in grant.allowed_ips],
+    )
+    if grant.expire_time is not None:
+        part.expire_time.FromDatetime(grant.expire_time)
+    if len(_GRANT_PARTS) >= _GRANT_PARTS_MAX:
+        _GRANT_PARTS.clear()
+    _GRANT_PARTS[id(grant)] = (grant, part)
+    return part
 
 
 def audit_event_to_pb(event: AuditEvent) -> pb.AuditEvent:

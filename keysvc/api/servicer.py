@@ -180,8 +180,8 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         return convert.decision_to_pb(decision)
 
     async def Session(
-        self, request_iterator: AsyncIterable[pb.SessionRequest], context: Context
-    ) -> AsyncIterator[pb.SessionResponse]:
+        self, request_iterator: AsyncIterable[pb.SessionRequests], context: Context
+    ) -> AsyncIterator[pb.SessionResponses]:
         try:
             self._gate.admit("Session", context.invocation_metadata, context.auth_context)
         except KeysvcError as err:
@@ -189,8 +189,8 @@ class KeyServiceServicer(pb_grpc.KeyServiceServicer):
         stream = SessionStream(self._authorizer, self._change_log, metrics=self._metrics)
         self._sessions.add(stream)
         try:
-            async for response in stream.responses(request_iterator):
-                yield response
+            async for responses in stream.responses(request_iterator):
+                yield responses
         finally:
             self._sessions.discard(stream)
 

@@ -1,12 +1,19 @@
 """One Session stream: an API server's Guard asks Authorize and renews leases over it, and is
 told of changes to the keys it asked about.
 
-Requests are answered as they are decided, in any order, each with its request's id. A renewal
-names only a key id: it is answered for a key this stream's Authorize saw with a verified secret
-(the stream remembers the key id and the key's SHA-256, never the key), as if Authorize had been
-called again with no required scope. Every answer carries the lease of keysvc.usecases.
-change_log (docs/revocation.md): the Guard may decide on it until then, and no longer.
-Pushed changes only make a Guard drop entries sooner; strictness rests on the lease alone.
+Each message of the stream carries a batch: the client's requests ready at once, keysvc's
+answers (and pushes) ready at once. Every request is decided on its own, as if sent alone, and
+answered as it is decided, in any order, with its request's id. A renewal names only a key id:
+it is answered for a key this stream's Authorize saw with a verified secret (the stream
+remembers the key id and the key's SHA-256, never the key), as if Authorize had been called
+again with no required scope. Every answer carries the lease of keysvc.usecases.change_log
+(docs/revocation.md): the Guard may decide on it until then, and no longer. Pushed changes
+only make a Guard drop entries sooner; strictness rests on the lease alone.
+
+The task that reads the stream decides each request itself, as long as deciding needs no
+waiting (a key held in memory): no task per request. A decision that has to wait (a read of
+Redis or the database, argon2) keeps that task, and a new one reads on; so each decision runs
+in one task from start to end, as it would in a task of its own.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import types
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Generator, Iterator
+from typing import Any
 
 import grpc
 from keysvc_client.v1 import keysvc_pb2 as pb
@@ -35,6 +44,10 @@ _FINAL = frozenset({Reason.REVOKED, Reason.EXPIRED})
 # Requests of one stream being decided or waiting to be sent: past this, the stream stops
 # reading requests (HTTP/2 flow control then holds the client) until answers go out.
 MAX_IN_FLIGHT = 1024
+# Answers and pushes one message carries, at most; the rest go in the next. The largest answer
+# (a key with 100 allowed IPv6 ranges) is under 5 KB: 512 of them stay well under the 4 MiB a
+# gRPC client accepts in one message by default.
+MAX_PER_MESSAGE = 512
 
 
 class SessionStream:
@@ -54,25 +67,44 @@ class SessionStream:
         self._proven: OrderedDict[str, bytes] = OrderedDict()
         self._out: asyncio.Queue[pb.SessionResponse | None] = asyncio.Queue()
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # The task reading requests, and those finishing a decision that had to wait.
         self._tasks: set[asyncio.Task[None]] = set()
+        # Requests being decided, not yet answered.
+        self._deciding = 0
+        # The client half-closed its side: the stream ends once those are answered.
+        self._read_all = False
+        # Reading the requests failed: the stream ends with this error.
+        self._failure: BaseException | None = None
         self._ending = False
 
     async def responses(
-        self, requests: AsyncIterable[pb.SessionRequest]
-    ) -> AsyncIterator[pb.SessionResponse]:
+        self, requests: AsyncIterable[pb.SessionRequests]
+    ) -> AsyncIterator[pb.SessionResponses]:
         """Answers `requests` until the client ends its side and every answer is sent."""
         unregister = self._log.on_changes(self._changed)
-        reader = asyncio.ensure_future(self._read(requests))
+        self._read_on(aiter(requests), iter(()))
+        out = self._out
         try:
-            while (response := await self._out.get()) is not None:
-                yield response
-                if response.WhichOneof("response") != "keys_changed":
-                    self._in_flight.release()
-            if not self._ending:
-                await reader
+            while (first := await out.get()) is not None:
+                # Every answer ready now goes in this message.
+                batch = [first]
+                last = False
+                while len(batch) < MAX_PER_MESSAGE and not out.empty():
+                    response = out.get_nowait()
+                    if response is None:
+                        last = True
+                        break
+                    batch.append(response)
+                yield pb.SessionResponses(responses=batch)
+                for response in batch:
+                    if response.WhichOneof("response") != "keys_changed":
+                        self._in_flight.release()
+                if last:
+                    break
+            if self._failure is not None and not self._ending:
+                raise self._failure
         finally:
             unregister()
-            reader.cancel()
             for task in list(self._tasks):
                 task.cancel()
 
@@ -82,17 +114,34 @@ class SessionStream:
         self._ending = True
         self._out.put_nowait(None)
 
-    async def _read(self, requests: AsyncIterable[pb.SessionRequest]) -> None:
+    def _read_on(
+        self, messages: AsyncIterator[pb.SessionRequests], batch: Iterator[pb.SessionRequest]
+    ) -> None:
+        """A task to read the rest of `batch`, then the messages after it."""
+        task = asyncio.ensure_future(self._read(messages, batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read(
+        self, messages: AsyncIterator[pb.SessionRequests], batch: Iterator[pb.SessionRequest]
+    ) -> None:
         try:
-            async for request in requests:
-                await self._in_flight.acquire()
-                task = asyncio.ensure_future(self._answer(request))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            while True:
+                for request in batch:
+                    await self._in_flight.acquire()
+                    self._deciding += 1
+                    if await _inline(self._answer(request), self._read_on, messages, batch):
+                        # The decision waited: another task read on meanwhile.
+                        return
+                message = await messages.__anext__()
+                batch = iter(message.requests)
+        except StopAsyncIteration:
             # Half-closed by the client: answer what is in flight, then end the stream.
-            while self._tasks:
-                await asyncio.wait(list(self._tasks))
-        finally:
+            self._read_all = True
+            if self._deciding == 0:
+                self._out.put_nowait(None)
+        except Exception as err:
+            self._failure = err
             self._out.put_nowait(None)
 
     async def _answer(self, request: pb.SessionRequest) -> None:
@@ -101,7 +150,7 @@ class SessionStream:
         try:
             decision = await self._decide(kind, request)
         except KeysvcError as err:
-            self._out.put_nowait(self._error(request.id, status_code(err), str(err)))
+            self._answered(self._error(request.id, status_code(err), str(err)))
             if isinstance(err, Unavailable):
                 self._metrics.decision(
                     "unavailable", time.perf_counter() - started, transport="session"
@@ -109,16 +158,20 @@ class SessionStream:
             return
         except Exception:
             log.exception("Session %s failed", kind)
-            self._out.put_nowait(
-                self._error(request.id, grpc.StatusCode.INTERNAL, "internal error")
-            )
+            self._answered(self._error(request.id, grpc.StatusCode.INTERNAL, "internal error"))
             return
-        self._out.put_nowait(
+        self._answered(
             pb.SessionResponse(id=request.id, authorize=convert.decision_to_pb(decision))
         )
         self._metrics.decision(
             decision.reason.name, time.perf_counter() - started, transport="session"
         )
+
+    def _answered(self, response: pb.SessionResponse) -> None:
+        self._out.put_nowait(response)
+        self._deciding -= 1
+        if self._read_all and self._deciding == 0:
+            self._out.put_nowait(None)
 
     async def _decide(self, kind: str | None, request: pb.SessionRequest) -> Decision:
         if kind == "authorize":
@@ -164,3 +217,33 @@ class SessionStream:
         return pb.SessionResponse(
             id=request_id, error=pb.SessionError(code=code.value[0], message=message)
         )
+
+
+@types.coroutine
+def _inline(
+    coroutine: Coroutine[Any, Any, None], on_wait: Callable[..., None], *args: Any
+) -> Generator[Any, Any, bool]:
+    """Runs `coroutine` in the task awaiting this, as `await coroutine` would, and calls
+    `on_wait(*args)` just before it first suspends. Whether it suspended."""
+    try:
+        step = coroutine.send(None)
+    except StopIteration:
+        return False
+    on_wait(*args)
+    # The rest is `yield from`, the first step taken (PEP 380).
+    while True:
+        try:
+            sent = yield step
+        except GeneratorExit:
+            coroutine.close()
+            raise
+        except BaseException as err:
+            try:
+                step = coroutine.throw(err)
+            except StopIteration:
+                return True
+        else:
+            try:
+                step = coroutine.send(sent)
+            except StopIteration:
+                return True

@@ -52,9 +52,10 @@ class HttpListener:
         return served + ([forward_auth.PATH] if self.routes is not None else [])
 
 
-def configured(settings: Settings) -> HttpListener | None:
+def configured(settings: Settings, routes: RouteTable | None = None) -> HttpListener | None:
     """The HTTP listener the settings ask for (None: none), its keys read and its transport
-    checked; a StartupError names what is missing or wrong."""
+    checked; a StartupError names what is missing or wrong. `routes`: the table of
+    settings.gateway_routes when the caller has read it already (else it is read here)."""
     if settings.http_listen is None:
         if settings.github_keys_file is not None:
             raise StartupError(
@@ -92,9 +93,11 @@ def configured(settings: Settings) -> HttpListener | None:
             len(public_keys.keys),
             ", ".join(sorted(public_keys.current)) or "none marked",
         )
-    routes = None
-    if settings.gateway_routes is not None:
-        routes = load_routes(settings.gateway_routes)
+    if settings.gateway_routes is None:
+        routes = None
+    else:
+        if routes is None:
+            routes = load_routes(settings.gateway_routes)
         if not settings.gateway_trusted_proxies:
             raise StartupError(
                 "--gateway-trusted-proxies is empty: forward-auth would refuse every gateway"

@@ -105,7 +105,7 @@ async def running(settings: Settings, *, seams: Seams = PRODUCTION) -> AsyncIter
     credentials = security.server_credentials(settings)
     security.check_health_listen(settings)
     metrics_listener.check(settings)
-    http = http_listener.configured(settings)
+    http = http_listener.configured(settings, routes)
     gate = security.gate(settings)
     async with built(settings, seams=seams) as keysvc:
         server = grpc.aio.server(

@@ -49,6 +49,14 @@ T = TypeVar("T")
 NewKey = Callable[..., CreateKeyResponse]
 
 
+# The lease of every server the harness starts: short, so that RevokeKey's wait is short; the
+# protocol is the same.
+LEASE_SECONDS = 0.3
+# How long after keysvc's last answer a Guard's near cache may still allow a hot key: the lease,
+# and the margin a test's own timing needs.
+NEAR_CACHE_GRACE = LEASE_SECONDS + 0.7
+
+
 def poll(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05) -> T:
     """The first truthy result of `check`, retried until `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout
@@ -106,9 +114,8 @@ def serve_command(data_dir: Path, *args: str, listen: str = "127.0.0.1:0") -> li
         str(data_dir),
         "--last-used-flush-seconds",
         "0.2",
-        # A short lease keeps each RevokeKey's wait short; the protocol is the same.
         "--lease-seconds",
-        "0.3",
+        str(LEASE_SECONDS),
         # Later flags win, so callers can override the ones above.
         *args,
     ]

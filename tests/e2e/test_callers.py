@@ -152,10 +152,11 @@ def session_status_of(server: ServerProcess, token: str | None) -> grpc.StatusCo
     """The status of a Session stream carrying `token` that asks one Authorize and hangs up."""
     metadata = None if token is None else (("authorization", f"Bearer {token}"),)
     request = pb.SessionRequest(id=1, authorize=pb.AuthorizeRequest(api_key="garbage"))
+    message = pb.SessionRequests(requests=[request])
     with server.channel() as channel:
-        call = server.stub(channel).Session(iter([request]), metadata=metadata, timeout=TIMEOUT)
+        call = server.stub(channel).Session(iter([message]), metadata=metadata, timeout=TIMEOUT)
         try:
-            answers = list(call)
+            answers = [answer for message in call for answer in message.responses]
         except grpc.RpcError as err:
             code: grpc.StatusCode = err.code()
             return code

@@ -162,3 +162,25 @@ class TestKeyLifecycle:
             401,
             "REASON_MALFORMED",
         )
+
+
+class TestSession:
+    def test_one_message_of_requests_is_answered_in_one_message(
+        self, server: ServerProcess
+    ) -> None:
+        """docs/contract.md's Session call: one message of requests, each answered under its
+        id; decided without waiting on anything (no key at all, a malformed one), they come
+        back in one message."""
+        requests = [
+            {"id": 1, "authorize": {"api_key": "", "required_scopes": ["links:read"]}},
+            {"id": 2, "authorize": {"api_key": "not-a-key"}},
+        ]
+
+        answer = ok_json(
+            server, "keysvc.v1.KeyService/Session", data=json.dumps({"requests": requests})
+        )
+
+        answers = {a["id"]: a["authorize"] for a in answer["responses"]}
+        assert (answers["1"]["http_status"], answers["1"]["reason"]) == (401, "REASON_MISSING")
+        assert (answers["2"]["http_status"], answers["2"]["reason"]) == (401, "REASON_MALFORMED")
+        assert len(answers) == 2

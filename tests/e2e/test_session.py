@@ -28,12 +28,16 @@ ANSWER_DEADLINE = 10.0
 
 
 class SessionProbe:
-    """One Session stream driven by hand: send() requests, next_answer() in arrival order."""
+    """One Session stream driven by hand: send() a request in a message of its own, together()
+    several in one message; next_answer() in arrival order, and the size of each message that
+    carried them in `messages`."""
 
     def __init__(self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> None:
-        self._requests: queue.Queue[keysvc_pb2.SessionRequest | None] = queue.Queue()
+        self._requests: queue.Queue[keysvc_pb2.SessionRequests | None] = queue.Queue()
         self._answers: queue.Queue[keysvc_pb2.SessionResponse | grpc.RpcError] = queue.Queue()
         self._next_id = 0
+        # How many answers (and pushes) each message from keysvc carried, in arrival order.
+        self.messages: list[int] = []
         stub = keysvc_pb2_grpc.KeyServiceStub(channel)
         self._call = stub.Session(iter(self._requests.get, None), metadata=metadata)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -41,25 +45,31 @@ class SessionProbe:
 
     def _read(self) -> None:
         try:
-            for answer in self._call:
-                self._answers.put(answer)
+            for message in self._call:
+                self.messages.append(len(message.responses))
+                for answer in message.responses:
+                    self._answers.put(answer)
         except grpc.RpcError as err:
             self._answers.put(err)
 
+    def together(self, *requests: keysvc_pb2.SessionRequest) -> list[int]:
+        """Sends `requests` in one message, each with the next id; their ids."""
+        ids = []
+        for request in requests:
+            self._next_id += 1
+            request.id = self._next_id
+            ids.append(self._next_id)
+        self._requests.put(keysvc_pb2.SessionRequests(requests=requests))
+        return ids
+
     def send(self, **request: object) -> int:
-        self._next_id += 1
-        self._requests.put(keysvc_pb2.SessionRequest(id=self._next_id, **request))  # type: ignore[arg-type]
-        return self._next_id
+        return self.together(keysvc_pb2.SessionRequest(**request))[0]  # type: ignore[arg-type]
 
     def authorize(self, api_key: str, *scopes: str, client_ip: str = "") -> int:
-        return self.send(
-            authorize=keysvc_pb2.AuthorizeRequest(
-                api_key=api_key, required_scopes=list(scopes), client_ip=client_ip
-            )
-        )
+        return self.together(authorizing(api_key, *scopes, client_ip=client_ip))[0]
 
     def renew(self, key_id: str) -> int:
-        return self.send(renew=keysvc_pb2.RenewLease(key_id=key_id))
+        return self.together(renewing(key_id))[0]
 
     def next_answer(self, timeout: float = ANSWER_DEADLINE) -> keysvc_pb2.SessionResponse:
         answer = self._answers.get(timeout=timeout)
@@ -75,9 +85,33 @@ class SessionProbe:
                 assert answer.id == request_id
                 return answer
 
+    def answers_to(self, request_ids: list[int]) -> dict[int, keysvc_pb2.SessionResponse]:
+        """The answers to these requests, by id, in whatever order they come; each once."""
+        wanted = set(request_ids)
+        answers: dict[int, keysvc_pb2.SessionResponse] = {}
+        while len(answers) < len(wanted):
+            answer = self.next_answer()
+            if answer.WhichOneof("response") == "keys_changed":
+                continue
+            assert answer.id in wanted and answer.id not in answers
+            answers[answer.id] = answer
+        return answers
+
     def close(self) -> None:
         self._requests.put(None)
         self._call.cancel()
+
+
+def authorizing(api_key: str, *scopes: str, client_ip: str = "") -> keysvc_pb2.SessionRequest:
+    return keysvc_pb2.SessionRequest(
+        authorize=keysvc_pb2.AuthorizeRequest(
+            api_key=api_key, required_scopes=list(scopes), client_ip=client_ip
+        )
+    )
+
+
+def renewing(key_id: str) -> keysvc_pb2.SessionRequest:
+    return keysvc_pb2.SessionRequest(renew=keysvc_pb2.RenewLease(key_id=key_id))
 
 
 @pytest.fixture
@@ -183,6 +217,78 @@ class TestSessionAnswersAsAuthorize:
         assert "links:teleport" in bad.error.message
         assert empty.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         assert good.authorize.allowed
+
+
+class TestMessagesCarryBatches:
+    """A message carries any number of requests, each decided on its own as if sent alone and
+    answered under its own id; a message from keysvc carries every answer ready at once."""
+
+    def test_requests_sent_together_are_each_answered_under_their_own_id(
+        self, new_key: NewKey, session: SessionProbe
+    ) -> None:
+        proven = new_key(scopes=["links:read"])
+        stranger = new_key()
+        fresh = new_key(scopes=["links:read", "links:write"])
+        session.answer_to(session.authorize(proven.secret, "links:read"))
+
+        allowed, renewed, unknown, neither, teleport, lacking, nonsense = session.together(
+            authorizing(fresh.secret, "links:write"),
+            renewing(proven.key.id),
+            renewing(stranger.key.id),
+            keysvc_pb2.SessionRequest(),
+            authorizing(fresh.secret, "links:teleport"),
+            authorizing(fresh.secret, "customers:write"),
+            authorizing("ck_live_nonsense"),
+        )
+        answers = session.answers_to(
+            [allowed, renewed, unknown, neither, teleport, lacking, nonsense]
+        )
+
+        assert answers[allowed].authorize.allowed
+        assert answers[allowed].authorize.key_id == fresh.key.id
+        assert answers[renewed].authorize.allowed
+        assert answers[renewed].authorize.key_id == proven.key.id
+        assert 0 < lease_of(answers[renewed].authorize) <= LEASE
+        assert answers[unknown].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert answers[neither].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert answers[teleport].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "links:teleport" in answers[teleport].error.message
+        assert answers[lacking].authorize.http_status == 403
+        assert list(answers[lacking].authorize.missing_scopes) == ["customers:write"]
+        assert answers[nonsense].authorize.reason == keysvc_pb2.REASON_MALFORMED
+
+    def test_answers_decided_at_once_come_back_in_one_message(self, session: SessionProbe) -> None:
+        """Malformed keys are decided without waiting on anything: a hundred sent in one
+        message are answered in one message."""
+        sent = session.together(*(authorizing(f"ck_live_nonsense{n}") for n in range(100)))
+
+        answers = session.answers_to(sent)
+
+        assert {a.authorize.reason for a in answers.values()} == {keysvc_pb2.REASON_MALFORMED}
+        assert session.messages == [100]
+
+    def test_an_empty_message_is_ignored(self, new_key: NewKey, session: SessionProbe) -> None:
+        created = new_key()
+
+        assert session.together() == []
+        answer = session.answer_to(session.authorize(created.secret))
+
+        assert answer.authorize.allowed
+        assert session.messages == [1]
+
+    def test_a_message_of_more_requests_than_a_stream_decides_at_once_is_all_answered(
+        self, session: SessionProbe
+    ) -> None:
+        """1,500 requests in one message: the stream decides 1,024 at a time (MAX_IN_FLIGHT
+        counts requests, not messages), and answers them all, at most 512 to a message."""
+        # Short malformed keys, for the message to stay within keysvc's 64 KiB.
+        sent = session.together(*(authorizing(str(n)) for n in range(1500)))
+
+        answers = session.answers_to(sent)
+
+        assert sorted(answers) == sorted(sent)
+        assert sum(session.messages) == 1500
+        assert max(session.messages) <= 512
 
 
 class TestRenewal:

@@ -11,12 +11,14 @@ renewal that refreshed it) plus the lease the answer carried; a hit on an entry 
 half its lease left sends a renewal over the stream that authorized the key; pushed changes drop
 entries, for speed only.
 
-The stream is one ordered channel each way: every message arrives after a random delay, never
-before one sent earlier (a push is reordered relative to nothing else on its stream); a push may
-be lost, or stall the stream behind it. A cut ends the stream: answers in flight are lost, the
-Guard asks over the unary Authorize until it is back, and its entries decide until their
-deadlines. A paused Guard (SIGSTOP, a suspend) does nothing until it resumes, while requests
-keep arriving; its clock counts on.
+The stream is one ordered channel each way, of messages that carry batches: the requests queued
+when the Guard's side writes go in one message (batched by keysvc_client._aio_session's own
+code), the answers and pushes ready when keysvc's side writes in another. Every message arrives
+after a random delay, never before one sent earlier (a push is reordered relative to nothing
+else on its stream); a push may be lost from its message, or stall the stream behind it. A cut
+ends the stream: answers in flight are lost, the Guard asks over the unary Authorize until it
+is back, and its entries decide until their deadlines. A paused Guard (SIGSTOP, a suspend)
+does nothing until it resumes, while requests keep arriving; its clock counts on.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 
 import grpc
 from keysvc_client import _guard_common
+from keysvc_client._aio_session import _requests as batched
 from keysvc_client._guard_common import Verdict
 from keysvc_client._near_cache import Entry, NearCache, key_digest
 from keysvc_client._session import Outcome
@@ -115,7 +118,7 @@ class Stream:
         generation: int,
         replica: Keysvc,
         rng: random.Random,
-        receive: Callable[[Stream, pb.SessionResponse], Awaitable[None]],
+        receive: Callable[[Stream, list[pb.SessionResponse]], Awaitable[None]],
         counts: Counter[str],
     ) -> None:
         self.generation = generation
@@ -124,18 +127,20 @@ class Stream:
         self._rng = rng
         self._receive = receive
         self._counts = counts
-        self._up: asyncio.Queue[tuple[float, pb.SessionRequest]] = asyncio.Queue()
-        self._inbox: asyncio.Queue[pb.SessionRequest | None] = asyncio.Queue()
-        self._down: asyncio.Queue[tuple[float, pb.SessionResponse]] = asyncio.Queue()
+        self._outbox: asyncio.Queue[pb.SessionRequest | None] = asyncio.Queue()
+        self._up: asyncio.Queue[tuple[float, pb.SessionRequests]] = asyncio.Queue()
+        self._inbox: asyncio.Queue[pb.SessionRequests | None] = asyncio.Queue()
+        self._down: asyncio.Queue[tuple[float, pb.SessionResponses]] = asyncio.Queue()
         server = SessionStream(replica.authorizer, replica.change_log)
         self._tasks = [
+            asyncio.ensure_future(self._write()),
             asyncio.ensure_future(self._carry_up()),
             asyncio.ensure_future(self._serve(server)),
             asyncio.ensure_future(self._carry_down()),
         ]
 
     def send(self, request: pb.SessionRequest) -> None:
-        self._up.put_nowait((asyncio.get_running_loop().time(), request))
+        self._outbox.put_nowait(request)
 
     def cut(self) -> None:
         """The stream ends: whatever is in flight either way is lost."""
@@ -143,34 +148,46 @@ class Stream:
         for task in self._tasks:
             task.cancel()
 
+    async def _write(self) -> None:
+        """The Guard's side: each message carries the requests queued when it is sent."""
+        loop = asyncio.get_running_loop()
+        async for message in batched(self._outbox):
+            self._up.put_nowait((loop.time(), message))
+
     async def _carry_up(self) -> None:
         while True:
-            sent, request = await self._up.get()
+            sent, message = await self._up.get()
             await _until(sent + latency(self._rng))
-            self._inbox.put_nowait(request)
+            self._inbox.put_nowait(message)
 
-    async def _requests(self) -> AsyncIterator[pb.SessionRequest]:
-        while (request := await self._inbox.get()) is not None:
-            yield request
+    async def _requests(self) -> AsyncIterator[pb.SessionRequests]:
+        while (message := await self._inbox.get()) is not None:
+            yield message
 
     async def _serve(self, server: SessionStream) -> None:
         loop = asyncio.get_running_loop()
-        async for response in server.responses(self._requests()):
-            self._down.put_nowait((loop.time(), response))
+        async for message in server.responses(self._requests()):
+            self._down.put_nowait((loop.time(), message))
 
     async def _carry_down(self) -> None:
         while True:
-            sent, response = await self._down.get()
+            sent, message = await self._down.get()
             arrives = sent + latency(self._rng)
-            if response.WhichOneof("response") == "keys_changed":
-                if self._rng.random() < PUSH_LOST:
-                    self._counts["pushes lost"] += 1
-                    continue
-                arrives += self._rng.choice(PUSH_STALLS)
+            # A push may be lost from its message; one that is not may stall the message.
+            delivered = []
+            for response in message.responses:
+                if response.WhichOneof("response") == "keys_changed":
+                    if self._rng.random() < PUSH_LOST:
+                        self._counts["pushes lost"] += 1
+                        continue
+                    arrives += self._rng.choice(PUSH_STALLS)
+                delivered.append(response)
+            if not delivered:
+                continue
             await _until(arrives)
             # In order: the next message waits until this one is read (a paused Guard reads
             # nothing).
-            await self._receive(self, response)
+            await self._receive(self, delivered)
 
 
 def latency(rng: random.Random) -> float:
@@ -378,19 +395,20 @@ class Guard:
             stream.pending.pop(ident, None)
             return Outcome.TIMED_OUT, 0
 
-    async def _dispatch(self, stream: Stream, response: pb.SessionResponse) -> None:
+    async def _dispatch(self, stream: Stream, responses: list[pb.SessionResponse]) -> None:
         await self._running.wait()
         if stream.closed:
             return
-        if response.WhichOneof("response") == "keys_changed":
-            self.counts["pushes read"] += 1
-            self.cache.drop(response.keys_changed.key_ids)
-            return
-        pending = stream.pending.pop(response.id, None)
-        if isinstance(pending, Renewal):
-            self._renewed(pending, response)
-        elif pending is not None and not pending.done():
-            pending.set_result(response)
+        for response in responses:
+            if response.WhichOneof("response") == "keys_changed":
+                self.counts["pushes read"] += 1
+                self.cache.drop(response.keys_changed.key_ids)
+                continue
+            pending = stream.pending.pop(response.id, None)
+            if isinstance(pending, Renewal):
+                self._renewed(pending, response)
+            elif pending is not None and not pending.done():
+                pending.set_result(response)
 
     def _renewed(self, renewal: Renewal, response: pb.SessionResponse) -> None:
         """As keysvc_client._session.renewed, on this Guard's clock."""

@@ -57,14 +57,14 @@ REGRESSIONS = [
         "A grant read before the key's revocation deciding requests after it.",
     ),
     Regression(
-        3807,
+        1423,
         "shared_old_reads",
-        "Under a slow store, requests that a Guard asked its replica about more than a lease"
-        " after the key's revocation committed joined a store read begun before the commit,"
-        " and were allowed on what that read found.",
+        "Under a slow store, a request that arrived more than a lease after the key's"
+        " revocation committed joined a store read begun before the commit, and was allowed"
+        " on what that read found.",
     ),
     Regression(
-        2,
+        0,
         "updates_unlogged",
         "A replica that noticed only revocations in the change log kept deciding on a grant"
         " read before UpdateKey removed a scope, and allowed that scope after the lease.",
@@ -77,32 +77,35 @@ REGRESSIONS = [
         " afterwards.",
     ),
     Regression(
-        61,
+        35,
         "guard_counts_from_receipt",
-        "A Guard's answer came a quarter of a second after it asked, the stream stalled; a"
-        " Guard that counted the lease from the answer's arrival kept deciding the key from"
-        " its near cache more than a lease after its revocation committed.",
+        "A Guard's answer came eight tenths of a second after it asked; a Guard that counted"
+        " the lease from the answer's arrival kept allowing links:write from its near cache"
+        " more than a lease after UpdateKey's removal of it committed, and after UpdateKey"
+        " returned.",
     ),
     Regression(
-        30,
+        141,
         "full_lease_handed_on",
-        "A replica handed a Guard the whole lease on a grant it had last confirmed a while"
-        " before; the key's revocation committed just after, and the Guard's near cache"
-        " allowed it more than a lease after the commit.",
+        "A Guard asked about a key just after its revocation committed, before its replica"
+        " read the change log again; the replica handed it the whole lease on its cached"
+        " grant, not what remained of its own trust in it, and the Guard's near cache allowed"
+        " the key more than a lease after the commit.",
     ),
     Regression(
-        198,
+        128,
         "renew_without_lease_check",
-        "An old grant of a key, from before UpdateKey removed links:write, was replayed into"
-        " Redis; a renewal answered from it without checking it was current handed the Guard"
-        " a new lease on it, and its near cache allowed links:write after UpdateKey returned.",
+        "A renewal answered from a cached grant of the key from before UpdateKey removed"
+        " links:write, without checking it was current, handed the Guard a new lease on it,"
+        " and its near cache allowed links:write more than a lease after the removal"
+        " committed.",
     ),
     Regression(
-        73,
+        27,
         "guard_clock_stops_while_paused",
-        "An API server paused for three leases across a revocation, on a clock that stopped"
-        " meanwhile: resumed, its near cache allowed the requests that had piled up, and new"
-        " ones, long after the commit.",
+        "An API server paused for three leases from just after a key's revocation committed,"
+        " on a clock that stopped meanwhile: resumed, its near cache allowed a request that"
+        " had piled up, long after RevokeKey returned.",
     ),
     Regression(
         11,

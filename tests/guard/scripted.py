@@ -36,11 +36,11 @@ def allowed(lease: float = 5.0) -> pb.AuthorizeResponse:
 
 
 class ScriptedKeysvc(keysvc_pb2_grpc.KeyServiceServicer):
-    """`session` says what Session does with each request:
+    """`session` says what Session does with each message's requests:
 
-    - "answer": answers `answer` after `delay` seconds;
-    - "break": ends the stream with UNAVAILABLE, the request unanswered;
-    - "error": answers SessionError `error_code`;
+    - "answer": answers each with `answer`, `delay` seconds after its message came;
+    - "break": ends the stream with UNAVAILABLE, the requests unanswered;
+    - "error": answers each with SessionError `error_code`;
     - "silent": never answers;
     - "unimplemented": there is no Session (an older keysvc).
     """
@@ -51,7 +51,8 @@ class ScriptedKeysvc(keysvc_pb2_grpc.KeyServiceServicer):
         self.error_code = grpc.StatusCode.UNAVAILABLE
         self.answer = allowed()
         self.calls: Counter[str] = Counter()
-        # lease_clock() when each Session request arrived.
+        # lease_clock() when each Session request arrived. `calls["Session"]` counts requests,
+        # not messages.
         self.received: list[float] = []
         self._lock = threading.Lock()
 
@@ -61,26 +62,34 @@ class ScriptedKeysvc(keysvc_pb2_grpc.KeyServiceServicer):
         return self.answer
 
     def Session(
-        self, requests: Iterator[pb.SessionRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.SessionResponse]:
+        self, messages: Iterator[pb.SessionRequests], context: grpc.ServicerContext
+    ) -> Iterator[pb.SessionResponses]:
         if self.session == "unimplemented":
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
-        for request in requests:
+        for message in messages:
             with self._lock:
-                self.calls["Session"] += 1
-                self.received.append(lease_clock())
+                self.calls["Session"] += len(message.requests)
+                self.received.extend(lease_clock() for _ in message.requests)
             if self.session == "break":
                 context.abort(grpc.StatusCode.UNAVAILABLE, "stream reset")
-            if self.session == "silent":
+            if self.session == "silent" or not message.requests:
                 continue
             if self.session == "error":
-                yield pb.SessionResponse(
-                    id=request.id,
-                    error=pb.SessionError(code=self.error_code.value[0], message="cannot decide"),
+                error = pb.SessionError(code=self.error_code.value[0], message="cannot decide")
+                yield pb.SessionResponses(
+                    responses=[
+                        pb.SessionResponse(id=request.id, error=error)
+                        for request in message.requests
+                    ]
                 )
                 continue
             time.sleep(self.delay)
-            yield pb.SessionResponse(id=request.id, authorize=self.answer)
+            yield pb.SessionResponses(
+                responses=[
+                    pb.SessionResponse(id=request.id, authorize=self.answer)
+                    for request in message.requests
+                ]
+            )
 
 
 class Scripted:

@@ -6,21 +6,25 @@ keysvc's own answer, or 503, never a guess.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
 from keysvc_client import CreateKeyResponse, Guard, Verdict, aio
+from keysvc_client import keysvc_pb2 as pb
 from keysvc_client._near_cache import lease_clock
 
 from tests.e2e.harness import ServerFactory, ServerProcess, poll, with_checksum
 from tests.proxy import TcpProxy
 
-from .conftest import LONG_LEASE, TIMEOUT, Keys, KeysOf, MakeGuard, decisions
+from .conftest import LONG_LEASE, TIMEOUT, GuardUnderTest, Keys, KeysOf, MakeGuard, decisions
 from .scripted import HEADER, Scripted, allowed
 
 pytestmark = pytest.mark.slow
@@ -38,6 +42,43 @@ def when(check: Callable[[], Verdict], reason: str) -> Callable[[], Verdict | No
         return found if found.reason == reason else None
 
     return verdict
+
+
+def hold_messages_until_queued(
+    guard: GuardUnderTest, count: int, monkeypatch: pytest.MonkeyPatch
+) -> list[int]:
+    """Has `guard`'s next Session stream send nothing until `count` requests wait to be sent
+    on it; returns the list that then gets how many requests each message carried, in order."""
+    sent: list[int] = []
+    inner: Any = guard.guard
+    open_session = inner._open_session
+
+    def queued() -> bool:
+        stream = inner._session._stream
+        return stream is not None and stream.requests.qsize() >= count
+
+    def held(messages: Iterator[pb.SessionRequests]) -> Iterator[pb.SessionRequests]:
+        # Read by gRPC's thread: held here, the misses queue up behind.
+        poll(queued, timeout=TIMEOUT, what=f"{count} requests queued")
+        for message in messages:
+            sent.append(len(message.requests))
+            yield message
+
+    async def held_aio(
+        messages: AsyncIterator[pb.SessionRequests],
+    ) -> AsyncIterator[pb.SessionRequests]:
+        # Read by a task of the Guard's loop, where the misses run.
+        deadline = time.monotonic() + TIMEOUT
+        while not queued():
+            assert time.monotonic() < deadline, f"{count} requests never queued"
+            await asyncio.sleep(0.001)
+        async for message in messages:
+            sent.append(len(message.requests))
+            yield message
+
+    wrap: Any = held if guard.flavour == "sync" else held_aio
+    monkeypatch.setattr(inner, "_open_session", lambda messages: open_session(wrap(messages)))
+    return sent
 
 
 class TestHotChecks:
@@ -142,6 +183,38 @@ class TestMisses:
         assert (after["session"] - before["session"], after["unary"] - before["unary"]) == (5, 0)
         stats = guard.stats()
         assert (stats.misses, stats.fallbacks, stats.connects, stats.sessions_up) == (5, 0, 1, 1)
+
+    def test_misses_waiting_together_travel_in_one_message(
+        self,
+        server: ServerProcess,
+        keys: Keys,
+        make_guard: MakeGuard,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Twenty threads miss at once, while the stream sends nothing: once all twenty wait,
+        they go to keysvc in one message, and each check gets its own key's verdict (keysvc
+        answers each under its request's id)."""
+        guard = make_guard(server.target)
+        created = [
+            keys.new(["links:read", "links:write"] if number % 2 else ["links:read"])
+            for number in range(20)
+        ]
+        sent = hold_messages_until_queued(guard, 20, monkeypatch)
+
+        with ThreadPoolExecutor(20) as pool:
+            verdicts = list(
+                pool.map(lambda key: guard.check(bearer(key), ["links:write"]), created)
+            )
+
+        assert sent == [20]
+        for number, (key, verdict) in enumerate(zip(created, verdicts, strict=True)):
+            assert verdict.key is not None and verdict.key.key_id == key.key.id
+            if number % 2:
+                assert verdict.allowed
+            else:
+                assert (verdict.status, verdict.missing_scopes) == (403, ("links:write",))
+        stats = guard.stats()
+        assert (stats.misses, stats.fallbacks, stats.connects) == (20, 0, 1)
 
     def test_an_unknown_scope_is_500_over_the_stream_too(
         self, server: ServerProcess, keys: Keys, make_guard: MakeGuard

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 from keysvc_client import KeyServiceClient
 
-from tests.e2e.harness import KEY_PATTERN, ServerFactory, ServerProcess, poll, with_checksum
+from tests.e2e.harness import (
+    KEY_PATTERN,
+    NEAR_CACHE_GRACE,
+    ServerFactory,
+    ServerProcess,
+    poll,
+    with_checksum,
+)
 
 from .apps import FLAVOURS, Answer, Api, build
 from .conftest import TIMEOUT, Keys
@@ -211,7 +218,21 @@ class TestKeysvcCannotDecide:
         assert api.get("/api/v1/links", header).status == 200
 
         assert first.stop() == 0
-        assert_refused(api.get("/api/v1/links", header), 503, "unavailable")
+        # The Guard's near cache may allow the hot key until the lease it holds runs out; from
+        # then on keysvc's silence is a 503, never a guess.
+        while_cached: list[int] = []
+
+        def refused() -> Answer | None:
+            answer = api.get("/api/v1/links", header)
+            while_cached.append(answer.status)
+            return answer if answer.status == 503 else None
+
+        assert_refused(
+            poll(refused, timeout=NEAR_CACHE_GRACE, what="503 once the lease ran out"),
+            503,
+            "unavailable",
+        )
+        assert set(while_cached) <= {200, 503}
 
         servers.start("--listen", first.target, data_dir=first.data_dir)
         back = time.monotonic()  # keysvc answers health checks again
@@ -225,7 +246,7 @@ class TestKeysvcCannotDecide:
         )
         assert time.monotonic() - back < RECONNECT
         assert api.get("/api/v1/links", header).status == 200
-        assert api.handled == ["list_links", "list_links"]
+        assert api.handled == ["list_links"] * (1 + while_cached.count(200) + 1)
 
     def test_a_frozen_keysvc_is_503_within_the_deadline(
         self, make_api: MakeApi, servers: ServerFactory

@@ -128,6 +128,18 @@ class TestKnownKeyIds:
         assert not any(f"other{n:07d}" in known for n in range(5000))
         assert len(known) == 5000
 
+    def test_key_ids_read_page_by_page_at_start_are_known_once_the_last_page_is_in(self) -> None:
+        known = KnownKeyIds()
+        known.add(["created0001"])
+        pages = [[f"key{page:03d}{n:06d}" for n in range(3000)] for page in range(4)]
+        for page in pages:
+            known.stage(page)
+        assert "key000000001" not in known
+        known.add_staged()
+        assert all(key_id in known for page in pages for key_id in page)
+        assert "created0001" in known and "key004000000" not in known
+        assert len(known) == 12_001
+
     def test_creations_in_the_log_become_known(self) -> None:
         """A key created through any replica is known once its creation is read."""
         clock = FakeMonotonic()

@@ -299,7 +299,7 @@ class Guard:
         assert self._session is not None
         self._session.renew(entry)
 
-    def _open_session(self, requests: AsyncIterator[keysvc_pb2.SessionRequest]) -> Any:
+    def _open_session(self, requests: AsyncIterator[keysvc_pb2.SessionRequests]) -> Any:
         return self._authorizer().Session(requests, metadata=self._metadata)
 
     def _authorizer(self) -> keysvc_pb2_grpc.KeyServiceAsyncStub:
@@ -318,8 +318,10 @@ class Guard:
         return self._stub
 
 
-def _opener(guard: weakref.ref[Guard]) -> Callable[[AsyncIterator[keysvc_pb2.SessionRequest]], Any]:
-    def open_session(requests: AsyncIterator[keysvc_pb2.SessionRequest]) -> Any:
+def _opener(
+    guard: weakref.ref[Guard],
+) -> Callable[[AsyncIterator[keysvc_pb2.SessionRequests]], Any]:
+    def open_session(requests: AsyncIterator[keysvc_pb2.SessionRequests]) -> Any:
         alive = guard()
         if alive is None:
             raise RuntimeError("the Guard is gone")

@@ -18,10 +18,12 @@ import grpc
 from keysvc_client._near_cache import Entry, NearCache, lease_clock
 from keysvc_client._session import (
     MAX_RENEWALS_IN_FLIGHT,
+    NOTHING_QUEUED,
     Answer,
     Backoff,
     Outcome,
     Renewal,
+    gathered,
     renewed,
 )
 from keysvc_client.metrics import Counters
@@ -31,7 +33,7 @@ __all__ = ["AioSession"]
 
 log = logging.getLogger("keysvc_client.guard")
 
-OpenCall = Callable[[AsyncIterator[keysvc_pb2.SessionRequest]], Any]
+OpenCall = Callable[[AsyncIterator[keysvc_pb2.SessionRequests]], Any]
 
 
 class _Stream:
@@ -47,9 +49,18 @@ class _Stream:
 
 async def _requests(
     requests: asyncio.Queue[keysvc_pb2.SessionRequest | None],
-) -> AsyncIterator[keysvc_pb2.SessionRequest]:
-    while (request := await requests.get()) is not None:
-        yield request
+) -> AsyncIterator[keysvc_pb2.SessionRequests]:
+    # As keysvc_client._session's: a message carries every request queued by the time gRPC
+    # takes it.
+    def ready() -> keysvc_pb2.SessionRequest | object | None:
+        return NOTHING_QUEUED if requests.empty() else requests.get_nowait()
+
+    over: keysvc_pb2.SessionRequest | None = None
+    while (first := await requests.get() if over is None else over) is not None:
+        message, over, end = gathered(first, ready)
+        yield message
+        if end:
+            return
 
 
 class AioSession:
@@ -181,9 +192,10 @@ class AioSession:
     async def _read(self, stream: _Stream) -> tuple[bool, grpc.StatusCode | None]:
         answered = False
         try:
-            async for response in stream.call:
+            async for message in stream.call:
                 answered = True
-                self._dispatch(stream, response)
+                for response in message.responses:
+                    self._dispatch(stream, response)
         except grpc.aio.AioRpcError as err:
             return answered, err.code()
         except (asyncio.CancelledError, GeneratorExit):

@@ -330,7 +330,7 @@ class Guard:
         assert self._session is not None
         self._session.renew(entry)
 
-    def _open_session(self, requests: Iterator[keysvc_pb2.SessionRequest]) -> Any:
+    def _open_session(self, requests: Iterator[keysvc_pb2.SessionRequests]) -> Any:
         # Session is called with Authorize's credential.
         return self._authorizer().Session(requests, metadata=self._metadata)
 
@@ -363,8 +363,8 @@ class Guard:
             return self._stub
 
 
-def _opener(guard: weakref.ref[Guard]) -> Callable[[Iterator[keysvc_pb2.SessionRequest]], Any]:
-    def open_session(requests: Iterator[keysvc_pb2.SessionRequest]) -> Any:
+def _opener(guard: weakref.ref[Guard]) -> Callable[[Iterator[keysvc_pb2.SessionRequests]], Any]:
+    def open_session(requests: Iterator[keysvc_pb2.SessionRequests]) -> Any:
         alive = guard()
         if alive is None:
             raise RuntimeError("the Guard is gone")

@@ -1,6 +1,9 @@
 """The blocking Guard's Session stream: its misses and lease renewals on one bidirectional
 stream, multiplexed by request id, and keysvc's pushes; read by a thread of its own.
 
+Each message carries a batch: the misses and renewals waiting when it is sent go together (up to
+MAX_PER_MESSAGE and MAX_MESSAGE_BYTES), and keysvc answers in batches of its own.
+
 The stream is opened by the first miss, and reopened in the background after it ends, with
 backoff. While it is down the Guard asks over the unary Authorize. A request in flight when it
 breaks is answered BROKEN, for the Guard to ask again over unary within the check's deadline.
@@ -29,7 +32,16 @@ from keysvc_client._near_cache import Entry, NearCache, lease_clock
 from keysvc_client.metrics import Counters
 from keysvc_client.v1 import keysvc_pb2
 
-__all__ = ["Answer", "Backoff", "Outcome", "Renewal", "Session", "renewed"]
+__all__ = [
+    "NOTHING_QUEUED",
+    "Answer",
+    "Backoff",
+    "Outcome",
+    "Renewal",
+    "Session",
+    "gathered",
+    "renewed",
+]
 
 log = logging.getLogger("keysvc_client.guard")
 
@@ -39,6 +51,14 @@ FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 
 # Renewals in flight on one stream, at most: a stream that stopped answering them gets no more.
 MAX_RENEWALS_IN_FLIGHT = 10_000
+# Requests one message carries, at most, and their bytes: the rest go in the next. The bytes stay
+# at half of what keysvc accepts in one message by default (64 KiB, --max-message-bytes); a
+# request is about 70 bytes, and at most about 1.2 KB (a header past 1024 characters is refused
+# without asking).
+MAX_PER_MESSAGE = 512
+MAX_MESSAGE_BYTES = 32 * 1024
+# The bytes that frame one request in a message, at most (its field's tag and length).
+FRAMING_BYTES = 4
 # How long close() and fork() wait for the threads of a stream to leave gRPC.
 _JOIN_SECONDS = 1.0
 
@@ -52,7 +72,7 @@ class Outcome(enum.Enum):
 
 
 Answer = keysvc_pb2.SessionResponse | Outcome
-OpenCall = Callable[[Iterator[keysvc_pb2.SessionRequest]], Any]
+OpenCall = Callable[[Iterator[keysvc_pb2.SessionRequests]], Any]
 
 
 class Backoff:
@@ -112,12 +132,48 @@ class _Stream:
         self.call: Any = None
 
 
-def _requests(
-    requests: queue.SimpleQueue[keysvc_pb2.SessionRequest | None],
-) -> Iterator[keysvc_pb2.SessionRequest]:
-    # gRPC reads this on a thread of its own; None ends our half of the stream.
-    while (request := requests.get()) is not None:
-        yield request
+# What a queue's `ready()` gives when nothing more is queued (None: the stream's end).
+NOTHING_QUEUED = object()
+
+Request = keysvc_pb2.SessionRequest
+
+
+def gathered(
+    first: Request, ready: Callable[[], Request | object | None]
+) -> tuple[keysvc_pb2.SessionRequests, Request | None, bool]:
+    """The message carrying `first` and what else is queued, up to MAX_PER_MESSAGE requests and
+    MAX_MESSAGE_BYTES; the request taken that is for the next message; whether the stream's end
+    (None) came after them."""
+    batch, size = [first], first.ByteSize() + FRAMING_BYTES
+    while len(batch) < MAX_PER_MESSAGE:
+        request = ready()
+        if request is NOTHING_QUEUED:
+            break
+        if request is None:
+            return keysvc_pb2.SessionRequests(requests=batch), None, True
+        assert isinstance(request, Request)
+        size += request.ByteSize() + FRAMING_BYTES
+        if size > MAX_MESSAGE_BYTES:
+            return keysvc_pb2.SessionRequests(requests=batch), request, False
+        batch.append(request)
+    return keysvc_pb2.SessionRequests(requests=batch), None, False
+
+
+def _requests(requests: queue.SimpleQueue[Request | None]) -> Iterator[keysvc_pb2.SessionRequests]:
+    # gRPC reads this on a thread of its own, a message whenever it can send one: each carries
+    # every request queued by then. None ends our half of the stream, after what came before it.
+    def ready() -> Request | object | None:
+        try:
+            return requests.get_nowait()
+        except queue.Empty:
+            return NOTHING_QUEUED
+
+    over: Request | None = None
+    while (first := requests.get() if over is None else over) is not None:
+        message, over, end = gathered(first, ready)
+        yield message
+        if end:
+            return
 
 
 class Session:
@@ -247,9 +303,10 @@ class Session:
     def _read(self, stream: _Stream) -> tuple[bool, grpc.StatusCode | None]:
         answered = False
         try:
-            for response in stream.call:
+            for message in stream.call:
                 answered = True
-                self._dispatch(stream, response)
+                for response in message.responses:
+                    self._dispatch(stream, response)
         except grpc.RpcError as err:
             return answered, err.code()
         except Exception:

@@ -76,8 +76,8 @@ class KeyServiceStub:
                 _registered_method=True)
         self.Session = channel.stream_stream(
                 '/keysvc.v1.KeyService/Session',
-                request_serializer=keysvc_dot_v1_dot_keysvc__pb2.SessionRequest.SerializeToString,
-                response_deserializer=keysvc_dot_v1_dot_keysvc__pb2.SessionResponse.FromString,
+                request_serializer=keysvc_dot_v1_dot_keysvc__pb2.SessionRequests.SerializeToString,
+                response_deserializer=keysvc_dot_v1_dot_keysvc__pb2.SessionResponses.FromString,
                 _registered_method=True)
         self.ListScopes = channel.unary_unary(
                 '/keysvc.v1.KeyService/ListScopes',
@@ -162,7 +162,9 @@ class KeyServiceServicer:
         """Authorize for an API server's near cache (keysvc_client's Guard): Authorize
         requests and lease renewals multiplexed on one stream, answered in any order,
         and changes of the keys this session authorized pushed as they happen. Called
-        with the same credential as Authorize. docs/revocation.md states the protocol.
+        with the same credential as Authorize. Each message carries a batch: the
+        requests the client has ready at once, the answers keysvc has ready at once.
+        docs/revocation.md states the protocol.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,8 +230,8 @@ def add_KeyServiceServicer_to_server(servicer, server):
             ),
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
-                    request_deserializer=keysvc_dot_v1_dot_keysvc__pb2.SessionRequest.FromString,
-                    response_serializer=keysvc_dot_v1_dot_keysvc__pb2.SessionResponse.SerializeToString,
+                    request_deserializer=keysvc_dot_v1_dot_keysvc__pb2.SessionRequests.FromString,
+                    response_serializer=keysvc_dot_v1_dot_keysvc__pb2.SessionResponses.SerializeToString,
             ),
             'ListScopes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListScopes,
@@ -483,8 +485,8 @@ class KeyService:
             request_iterator,
             target,
             '/keysvc.v1.KeyService/Session',
-            keysvc_dot_v1_dot_keysvc__pb2.SessionRequest.SerializeToString,
-            keysvc_dot_v1_dot_keysvc__pb2.SessionResponse.FromString,
+            keysvc_dot_v1_dot_keysvc__pb2.SessionRequests.SerializeToString,
+            keysvc_dot_v1_dot_keysvc__pb2.SessionResponses.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,11 +65,13 @@ class KeyServiceStub:
     the key is always a normal response; only a malformed request from the
     calling server (for example an unknown required scope) is an RPC error.
     """
-    Session: _grpc.StreamStreamMultiCallable[_keysvc_pb2.SessionRequest, _keysvc_pb2.SessionResponse]
+    Session: _grpc.StreamStreamMultiCallable[_keysvc_pb2.SessionRequests, _keysvc_pb2.SessionResponses]
     """Authorize for an API server's near cache (keysvc_client's Guard): Authorize
     requests and lease renewals multiplexed on one stream, answered in any order,
     and changes of the keys this session authorized pushed as they happen. Called
-    with the same credential as Authorize. docs/revocation.md states the protocol.
+    with the same credential as Authorize. Each message carries a batch: the
+    requests the client has ready at once, the answers keysvc has ready at once.
+    docs/revocation.md states the protocol.
     """
     ListScopes: _grpc.UnaryUnaryMultiCallable[_keysvc_pb2.ListScopesRequest, _keysvc_pb2.ListScopesResponse]
     """The scope catalogue keys can be granted from."""
@@ -110,11 +112,13 @@ class KeyServiceAsyncStub(KeyServiceStub):
     the key is always a normal response; only a malformed request from the
     calling server (for example an unknown required scope) is an RPC error.
     """
-    Session: _aio.StreamStreamMultiCallable[_keysvc_pb2.SessionRequest, _keysvc_pb2.SessionResponse]  # type: ignore[assignment]
+    Session: _aio.StreamStreamMultiCallable[_keysvc_pb2.SessionRequests, _keysvc_pb2.SessionResponses]  # type: ignore[assignment]
     """Authorize for an API server's near cache (keysvc_client's Guard): Authorize
     requests and lease renewals multiplexed on one stream, answered in any order,
     and changes of the keys this session authorized pushed as they happen. Called
-    with the same credential as Authorize. docs/revocation.md states the protocol.
+    with the same credential as Authorize. Each message carries a batch: the
+    requests the client has ready at once, the answers keysvc has ready at once.
+    docs/revocation.md states the protocol.
     """
     ListScopes: _aio.UnaryUnaryMultiCallable[_keysvc_pb2.ListScopesRequest, _keysvc_pb2.ListScopesResponse]  # type: ignore[assignment]
     """The scope catalogue keys can be granted from."""
@@ -204,13 +208,15 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Session(
         self,
-        request_iterator: _MaybeAsyncIterator[_keysvc_pb2.SessionRequest],
+        request_iterator: _MaybeAsyncIterator[_keysvc_pb2.SessionRequests],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_keysvc_pb2.SessionResponse], _abc.AsyncIterator[_keysvc_pb2.SessionResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_keysvc_pb2.SessionResponses], _abc.AsyncIterator[_keysvc_pb2.SessionResponses]]:
         """Authorize for an API server's near cache (keysvc_client's Guard): Authorize
         requests and lease renewals multiplexed on one stream, answered in any order,
         and changes of the keys this session authorized pushed as they happen. Called
-        with the same credential as Authorize. docs/revocation.md states the protocol.
+        with the same credential as Authorize. Each message carries a batch: the
+        requests the client has ready at once, the answers keysvc has ready at once.
+        docs/revocation.md states the protocol.
         """
 
     @_abc_1.abstractmethod
