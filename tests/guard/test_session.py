@@ -19,7 +19,9 @@ import grpc
 import pytest
 from keysvc_client import CreateKeyResponse, Guard, Verdict, aio
 from keysvc_client import keysvc_pb2 as pb
-from keysvc_client._near_cache import lease_clock
+from keysvc_client._aio_session import AioSession
+from keysvc_client._near_cache import NearCache, lease_clock
+from keysvc_client.metrics import Counters
 
 from tests.e2e.harness import ServerFactory, ServerProcess, poll, with_checksum
 from tests.proxy import TcpProxy
@@ -472,6 +474,53 @@ class TestClose:
             assert not any(t.name == "keysvc-guard-session" for t in threading.enumerate())
         # A check after close() starts over.
         assert guard.check(header).allowed
+
+
+class CancelledAsStatus:
+    """A Session call as grpc.aio's behaves when the task reading it is cancelled in the middle
+    of a read: the read ends with a CANCELLED status rather than CancelledError."""
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+
+    def __aiter__(self) -> CancelledAsStatus:
+        return self
+
+    async def __anext__(self) -> pb.SessionResponses:
+        self.reading.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(), "cancelled"
+            ) from None
+        raise AssertionError("unreachable")
+
+    def cancel(self) -> bool:
+        return True
+
+
+def test_asyncio_close_ends_the_reader_though_grpc_turns_its_cancellation_into_a_status() -> None:
+    """Else the reader would back off and reopen the stream for good, and close() never end.
+    Run on a loop of its own, so that a close() that never ends fails the test."""
+
+    async def scenario() -> None:
+        calls: list[CancelledAsStatus] = []
+
+        def open_call(requests: AsyncIterator[pb.SessionRequests]) -> CancelledAsStatus:
+            calls.append(CancelledAsStatus())
+            return calls[-1]
+
+        session = AioSession(open_call, NearCache(), Counters())
+        assert session.open()
+        await calls[0].reading.wait()
+        await session.close()
+        assert len(calls) == 1 and session.up == 0
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(scenario(), loop).result(TIMEOUT)
+    loop.call_soon_threadsafe(loop.stop)
 
 
 def test_wait_ready_opens_the_stream(server: ServerProcess) -> None:

@@ -178,6 +178,10 @@ class AioSession:
                 if stream is not None:
                     answered, code = await self._read(stream)
                     self._end(stream, answered, code)
+                    # grpc.aio answers a cancellation that lands in its read with a CANCELLED
+                    # status instead of CancelledError: close() must still end this task.
+                    if me is not None and me.cancelling():
+                        raise asyncio.CancelledError
                 await asyncio.sleep(self._backoff.after(answered=answered, code=code))
                 if self._reader is not me:
                     return
