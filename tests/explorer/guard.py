@@ -304,15 +304,12 @@ class Guard:
                     grpc.StatusCode.DEADLINE_EXCEEDED, "no time left", api_key, required, settings
                 )
             return await self._unary(api_key, required, digest, remaining)
-        kind = answer.WhichOneof("response")
-        if kind == "authorize":
-            return self._decided(answer.authorize, digest, required, sent, epoch, generation)
-        if kind == "error":
-            return _guard_common.from_session_error(
-                answer.error.code, answer.error.message, api_key, required, settings
-            )
-        return _guard_common.from_failure(
-            grpc.StatusCode.INTERNAL, f"an answer of kind {kind}", api_key, required, settings
+        return _guard_common.from_session_answer(
+            answer,
+            lambda response: self._decided(response, digest, required, sent, epoch, generation),
+            api_key,
+            required,
+            settings,
         )
 
     async def _unary(
@@ -345,19 +342,16 @@ class Guard:
         epoch: int,
         session: int,
     ) -> Verdict:
-        verdict = _guard_common.from_response(response, required, self.settings)
-        self.cache.learn(
+        return self.cache.answered(
             digest,
             response,
             required,
             sent=sent,
             epoch=epoch,
             session=session,
-            verdict=verdict,
             settings=self.settings,
             client_ip="",
         )
-        return verdict
 
     def _renew(self, entry: Entry) -> None:
         entry.renew_at = math.inf

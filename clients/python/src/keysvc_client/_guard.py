@@ -267,15 +267,12 @@ class Guard:
                     settings,
                 )
             return self._unary(api_key, required, ip, digest, remaining)
-        kind = answer.WhichOneof("response")
-        if kind == "authorize":
-            return self._decided(answer.authorize, digest, required, ip, sent, epoch, session)
-        if kind == "error":
-            return _guard_common.from_session_error(
-                answer.error.code, answer.error.message, api_key, required, settings
-            )
-        return _guard_common.from_failure(
-            grpc.StatusCode.INTERNAL, f"an answer of kind {kind}", api_key, required, settings
+        return _guard_common.from_session_answer(
+            answer,
+            lambda response: self._decided(response, digest, required, ip, sent, epoch, session),
+            api_key,
+            required,
+            settings,
         )
 
     def _unary(
@@ -309,20 +306,17 @@ class Guard:
         epoch: int,
         session: int,
     ) -> Verdict:
-        verdict = _guard_common.from_response(response, required, self._settings)
         assert self._cache is not None
-        self._cache.learn(
+        return self._cache.answered(
             digest,
             response,
             required,
             sent=sent,
             epoch=epoch,
             session=session,
-            verdict=verdict,
             settings=self._settings,
             client_ip=ip,
         )
-        return verdict
 
     def _renew(self, entry: Entry) -> None:
         # Once: a renewal's answer (or its failure) sets when the next one is due.

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -448,13 +448,24 @@ def from_rpc_failure(
     return from_failure(error.code, error.details, authorization, required, settings)
 
 
-def from_session_error(
-    code: int, message: str, authorization: str, required: tuple[str, ...], settings: Settings
+def from_session_answer(
+    answer: keysvc_pb2.SessionResponse,
+    decided: Callable[[keysvc_pb2.AuthorizeResponse], Verdict],
+    authorization: str,
+    required: tuple[str, ...],
+    settings: Settings,
 ) -> Verdict:
-    """The verdict when keysvc answered a Session request with an error (a gRPC status code
-    number): as the same failure of the unary Authorize."""
-    status = _STATUS_CODES.get(code, grpc.StatusCode.UNKNOWN)
-    return from_failure(status, message, authorization, required, settings)
+    """The verdict on keysvc's answer to a Session request: `decided` of its decision; for an
+    error (a gRPC status code number), as the same failure of the unary Authorize."""
+    kind = answer.WhichOneof("response")
+    if kind == "authorize":
+        return decided(answer.authorize)
+    if kind == "error":
+        status = _STATUS_CODES.get(answer.error.code, grpc.StatusCode.UNKNOWN)
+        return from_failure(status, answer.error.message, authorization, required, settings)
+    return from_failure(
+        grpc.StatusCode.INTERNAL, f"an answer of kind {kind}", authorization, required, settings
+    )
 
 
 _STATUS_CODES = {status.value[0]: status for status in grpc.StatusCode}

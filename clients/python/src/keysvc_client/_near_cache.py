@@ -29,6 +29,7 @@ from keysvc_client._guard_common import (
     Settings,
     Verdict,
     allowed,
+    from_response,
     insufficient,
     refused_key,
     wrong_mode,
@@ -269,6 +270,34 @@ class NearCache:
         with contextlib.suppress(KeyError):
             self._held.move_to_end(digest)
         return held
+
+    def answered(
+        self,
+        digest: bytes,
+        response: keysvc_pb2.AuthorizeResponse,
+        required: tuple[str, ...],
+        *,
+        sent: float,
+        epoch: int,
+        session: int,
+        settings: Settings,
+        client_ip: str,
+    ) -> Verdict:
+        """The Guard's verdict on keysvc's `response` to a request sent at `sent`, kept for the
+        checks after it if it may be (learn)."""
+        verdict = from_response(response, required, settings)
+        self.learn(
+            digest,
+            response,
+            required,
+            sent=sent,
+            epoch=epoch,
+            session=session,
+            verdict=verdict,
+            settings=settings,
+            client_ip=client_ip,
+        )
+        return verdict
 
     def learn(
         self,
